@@ -1,0 +1,230 @@
+"""The ``tuneforge`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tuneforge import __version__
+from tuneforge.errors import UserError
+
+BUILTIN_COMMANDS = ("run", "validate", "predict", "plugins", "components", "config")
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _add_plugin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--disable-plugin", "-p", action="append", default=[], metavar="NAME",
+                   help="do not load this plugin (repeatable; also TUNEFORGE_DISABLE_PLUGINS=a,b)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="load hook implementations from a local .py file or module (repeatable)")
+    p.add_argument("--strict-plugins", action="store_true", default=None,
+                   help="fail when a plugin cannot be loaded (also TUNEFORGE_STRICT_PLUGINS=1)")
+
+
+def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune models the right way.")
+    parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run a config: validate, split, balance, train, evaluate")
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a config key, e.g. --set trainer.lr=1e-4 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("validate", help="data-quality report only (no training, writes nothing)")
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("predict", help="predict with a finished run's checkpoint")
+    p.add_argument("run_dir", type=Path, metavar="RUN")
+    p.add_argument("--input", "-i", type=Path, required=True, help="CSV/TSV/JSONL/Parquet with the input columns")
+    p.add_argument("--output", "-o", type=Path, default=None,
+                   help="where to write predictions (default RUN/predictions/<input>.csv)")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("plugins", help="list installed plugins, their hooks and components")
+    p.add_argument("--json", action="store_true")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("components", help="list registered components, optionally of one kind")
+    p.add_argument("kind", nargs="?", default=None)
+    p.add_argument("--json", action="store_true")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("config", help="config helpers")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    cp = csub.add_parser("schema", help="print the JSON Schema of run configs (for editors)")
+    _add_plugin_args(cp)
+
+    for name, cmd in (extra_commands or {}).items():
+        cp = sub.add_parser(name, help=getattr(cmd, "help", ""))
+        cmd.add_arguments(cp)
+        cp.set_defaults(plugin_command=cmd)
+    return parser
+
+
+def _manager(args: argparse.Namespace, cfg: Any = None, base_dir: Path | None = None) -> Any:
+    from tuneforge.pipeline import make_plugin_manager
+
+    return make_plugin_manager(cfg, base_dir, disable=args.disable_plugin, local=args.plugin,
+                               strict=args.strict_plugins)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Path, dict[str, Any], list[tuple[str, Any]]]:
+    from tuneforge.config import build_config, parse_overrides, read_yaml
+
+    raw = read_yaml(args.config)
+    overrides = parse_overrides(args.overrides)
+    cfg = build_config(raw, overrides)
+    return cfg, args.config.resolve().parent, raw, overrides
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tuneforge.pipeline import run
+
+    cfg, base, raw, overrides = _load(args)
+    pm = _manager(args, cfg, base)
+    run(cfg, base, pm, _say, overwrite=args.overwrite, raw=raw, overrides=overrides)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tuneforge.pipeline import class_counts, prepare, run_validators, split_data
+
+    cfg, base, _, _ = _load(args)
+    pm = _manager(args, cfg, base)
+    prep = prepare(cfg, base, pm)
+    data = run_validators(prep)
+    split = split_data(prep, data)
+    report = {
+        "source": data.source, "rows_loaded": len(prep.data), "rows_kept": len(data),
+        "findings": [f.as_dict() for f in prep.findings], "split": split.sizes(), "split_notes": split.notes,
+        "class_counts": {s: class_counts(data, getattr(split, s)) for s in ("train", "val", "test")},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    _say(f"{data.source}: {len(prep.data)} rows loaded, {len(data)} kept")
+    for f in prep.findings:
+        _say(f"  [{f.severity}] {f.validator}: {f.message} -> {f.action}")
+    if not prep.findings:
+        _say("  no findings")
+    _say(f"split: {split.sizes()}")
+    for note in split.notes:
+        _say(f"  {note}")
+    for s, counts in report["class_counts"].items():
+        if counts:
+            _say(f"  {s}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tuneforge.pipeline import predict
+
+    if not args.input.exists():
+        raise UserError(f"input file not found: {args.input}")
+    predict(args.run_dir, args.input, args.output, _say, args.disable_plugin, args.plugin)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    pm = _manager(args)
+    infos = sorted(pm.infos.values(), key=lambda i: (i.source, i.name))
+    if args.json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return 0
+    for info in infos:
+        origin = f"{info.distribution} {info.version}" if info.distribution else info.target
+        state = " [disabled]" if info.disabled else (" [FAILED]" if info.error else "")
+        _say(f"{info.name}{state}  ({origin})")
+        if info.error:
+            _say(f"    error: {info.error}")
+        if info.hooks:
+            _say(f"    hooks: {', '.join(info.hooks)}")
+        for kind, names in info.components.items():
+            _say(f"    {kind}: {', '.join(names)}")
+    return 0
+
+
+def cmd_components(args: argparse.Namespace) -> int:
+    pm = _manager(args)
+    regs = [pm.registries[args.kind]] if args.kind else list(pm.registries)
+    if args.json:
+        print(json.dumps({r.kind: [{"name": e.name, "plugin": e.plugin, "target": e.target_repr,
+                                    "description": e.summary()} for e in r] for r in regs}, indent=2))
+        return 0
+    for reg in regs:
+        if not len(reg) and not args.kind:
+            continue
+        _say(f"{reg.kind}:")
+        for e in reg:
+            desc = e.summary()
+            _say(f"  {e.name:<28} {e.plugin:<14} {desc}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from tuneforge.schema import run_config_schema
+
+    pm = _manager(args)
+    print(json.dumps(run_config_schema(pm.registries), indent=2))
+    return 0
+
+
+HANDLERS = {"run": cmd_run, "validate": cmd_validate, "predict": cmd_predict, "plugins": cmd_plugins,
+            "components": cmd_components, "config": cmd_config}
+
+
+def _plugin_commands(argv: list[str]) -> dict[str, Any]:
+    """Commands from plugins, loaded only when the command is not a built-in one."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] in BUILTIN_COMMANDS:
+        return {}
+    from tuneforge.manager import PluginManager
+
+    pm = PluginManager()
+    return {e.name: e.load()() for e in pm.registries["commands"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("TUNEFORGE_DEBUG"))
+    try:
+        parser = build_parser(_plugin_commands(argv))
+        args = parser.parse_args(argv)
+        if getattr(args, "plugin_command", None) is not None:
+            return int(args.plugin_command.run(args) or 0)
+        return HANDLERS[args.command](args)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"tuneforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tuneforge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"tuneforge: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Base classes for the components plugins register.
+
+Subclassing is optional (duck typing works) but gives the documented signatures. Each
+component is built as ``Component(config)`` where ``config`` is an instance of its nested
+pydantic ``Config``. Nothing here imports torch: components import heavy libraries inside
+their methods.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from tuneforge.data import TaskData
+
+Policy = Literal["warn", "drop", "fail"]
+Severity = Literal["info", "warning", "error"]
+
+
+class StrictConfig(BaseModel):
+    """Base for component configs: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component:
+    """A configurable component: ``Component(config)``."""
+
+    class Config(StrictConfig):
+        pass
+
+    def __init__(self, config: BaseModel | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+
+# -- validators ---------------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    """One data-quality observation.
+
+    ``rows`` are positional row numbers in the loaded data (0-based, as in the file without
+    its header). ``drop`` lists the rows the ``drop`` policy removes (defaults to ``rows``).
+    """
+
+    kind: str
+    severity: Severity
+    message: str
+    rows: list[int] = field(default_factory=list)
+    drop: list[int] | None = None
+    action: str = "none"
+    validator: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "validator": self.validator,
+            "kind": self.kind,
+            "severity": self.severity,
+            "message": self.message,
+            "count": len(self.rows),
+            "rows": self.rows,
+            "action": self.action,
+            "details": self.details,
+        }
+
+
+class ValidatorConfig(StrictConfig):
+    policy: Policy = "warn"
+
+
+class Validator(Component):
+    """Checks the loaded data and reports :class:`Finding` objects."""
+
+    Config: ClassVar[type[BaseModel]] = ValidatorConfig
+
+    def check(self, data: TaskData) -> list[Finding]:
+        raise NotImplementedError
+
+
+# -- balancers ----------------------------------------------------------------------------
+
+
+@dataclass
+class BalancePlan:
+    """How to balance the training split.
+
+    :param indices: training rows to use (resampled; repeats allowed), or None for all.
+    :param class_weights: per-class loss weights, or None.
+    :param sample_weights: per-row sampling weights for a weighted sampler, or None.
+    """
+
+    indices: np.ndarray | None = None
+    class_weights: np.ndarray | None = None
+    sample_weights: np.ndarray | None = None
+    note: str = ""
+
+
+class Balancer(Component):
+    """Balances the training split (never val or test)."""
+
+    def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        raise NotImplementedError
+
+
+# -- augmenters and preprocessors ---------------------------------------------------------
+
+
+class Augmenter(Component):
+    """Transforms one training example (a dict of role -> value) on the fly."""
+
+    #: Modalities (input roles' kinds) the augmenter works on, e.g. {"text"}.
+    modalities: ClassVar[frozenset[str]] = frozenset()
+
+    def __call__(self, example: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Preprocessor(Component):
+    """Transforms raw inputs before tokenization, identically for every split and at predict time."""
+
+    modalities: ClassVar[frozenset[str]] = frozenset()
+
+    def __call__(self, value: Any) -> Any:
+        raise NotImplementedError
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+class Metric(Component):
+    """A scalar computed from true targets, predictions and scores of one split."""
+
+    #: "classification", "regression" or "any".
+    problem: ClassVar[str] = "any"
+    greater_is_better: ClassVar[bool] = True
+
+    def __call__(self, y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None) -> float:
+        raise NotImplementedError
+
+
+# -- tuners -------------------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    number: int
+    params: dict[str, Any]
+    value: float | None = None
+    state: str = "pending"  # pending, complete, failed, pruned
+    seconds: float = 0.0
+    run_dir: str | None = None
+
+
+class Tuner(Component):
+    """Proposes parameter sets over a search space and keeps the best.
+
+    ``search`` calls ``objective(params) -> float`` for each trial it proposes and returns the
+    trials; ``space`` maps dotted config keys to :class:`tuneforge.search.Distribution`.
+    """
+
+    def search(self, space: dict[str, Any], objective: Any, direction: str) -> list[Trial]:
+        raise NotImplementedError
+
+
+# -- tasks, models, tokenizers ------------------------------------------------------------
+
+
+class Task(Component):
+    """A modality: data loading, datasets, defaults and output decoding.
+
+    See :class:`tuneforge.plugins.text.task.TextClassificationTask` for a complete example.
+    """
+
+    problem: ClassVar[str] = "classification"
+    #: Input roles and their modality, e.g. {"text": "text"}.
+    roles: ClassVar[dict[str, str]] = {}
+
+    def load(self, data_config: Any, base_dir: Any) -> TaskData:
+        raise NotImplementedError
+
+    def load_inputs(self, path: Any, data_config: Any) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def defaults(self) -> dict[str, Any]:
+        """Default component choices (``tokenizer``, ``model``, ``metrics``, ``validators``...)."""
+        return {}
+
+
+class ModelBuilder(Component):
+    """Builds, saves and loads a model in its library's own format."""
+
+
+class Command(Component):
+    """A CLI sub-command: ``help``, ``add_arguments(parser)`` and ``run(args) -> int``."""
+
+    help: ClassVar[str] = ""
+
+    def add_arguments(self, parser: Any) -> None:
+        pass
+
+    def run(self, args: Any) -> int:
+        raise NotImplementedError

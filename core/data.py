@@ -1,0 +1,109 @@
+"""Modality-agnostic data containers and table readers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tuneforge.errors import DataError
+
+TABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+             ".parquet": "parquet", ".pq": "parquet"}
+
+
+def infer_format(path: Path, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return fmt
+    try:
+        return _SUFFIXES[path.suffix.lower()]
+    except KeyError:
+        raise DataError(
+            f"{path}: cannot tell the format from the suffix {path.suffix!r}; set data.format to one of "
+            f"{', '.join(TABLE_FORMATS)}"
+        ) from None
+
+
+def read_table(path: Path, fmt: str = "auto", options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Read a CSV/TSV/JSONL/Parquet file into a DataFrame whose index is the 0-based data row."""
+    options = dict(options or {})
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"data path is a folder, expected a file: {path}")
+    fmt = infer_format(path, fmt)
+    try:
+        if fmt == "csv":
+            frame = pd.read_csv(path, **options)
+        elif fmt == "tsv":
+            options.setdefault("sep", "\t")
+            frame = pd.read_csv(path, **options)
+        elif fmt == "jsonl":
+            frame = pd.read_json(path, lines=True, **options)
+        elif fmt == "parquet":
+            frame = pd.read_parquet(path, **options)
+        else:
+            raise DataError(f"{path}: unknown format {fmt!r}; use one of {', '.join(TABLE_FORMATS)}")
+    except DataError:
+        raise
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot read as {fmt}: {first}") from exc
+    except Exception as exc:  # pyarrow raises its own types
+        raise DataError(f"{path}: cannot read as {fmt}: {type(exc).__name__}: {exc}") from exc
+    frame = frame.reset_index(drop=True)
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns: dict[str, str], path: Path) -> None:
+    """Fail with the config key and the available columns when a column is missing."""
+    for key, col in columns.items():
+        if col not in frame.columns:
+            avail = ", ".join(map(str, frame.columns))
+            raise DataError(f"{path}: column {col!r} (from {key}) not found; columns are: {avail}")
+
+
+@dataclass
+class TaskData:
+    """Loaded data: a frame whose index is the row number in the source, plus its roles.
+
+    :param frame: one row per example; the index is the 0-based data row in ``source``.
+    :param inputs: input role -> column name (e.g. ``{"text": "sentence"}``).
+    :param target: the label/target column.
+    :param classes: class names in label-id order (classification), or None.
+    :param source: where the data came from (for messages).
+    :param modalities: input role -> modality (``"text"``, ``"image"``, ``"tabular"``).
+    """
+
+    frame: pd.DataFrame
+    inputs: dict[str, str]
+    target: str | None
+    classes: list[Any] | None = None
+    source: str = ""
+    problem: str = "classification"
+    modalities: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def subset(self, keep: pd.Index | np.ndarray) -> TaskData:
+        return TaskData(
+            frame=self.frame.loc[keep],
+            inputs=self.inputs,
+            target=self.target,
+            classes=self.classes,
+            source=self.source,
+            problem=self.problem,
+            modalities=self.modalities,
+        )
+
+    def label_ids(self) -> np.ndarray:
+        """Class ids (classification) aligned with ``frame`` rows."""
+        if self.classes is None or self.target is None:
+            raise ValueError("label_ids() needs a classification target")
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        return self.frame[self.target].map(lookup).to_numpy(dtype=np.int64)

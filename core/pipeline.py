@@ -1,0 +1,499 @@
+"""The pipeline: load -> validate -> split -> balance -> augment -> tokenize -> train ->
+evaluate -> run folder. Modality-specific work is delegated to the task plugin."""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import tuneforge
+from tuneforge.components import BalancePlan, Finding, Trial
+from tuneforge.config import ComponentRef, RunConfig, build_config, dump_config, instantiate
+from tuneforge.data import TaskData
+from tuneforge.errors import ConfigError, DataError, UserError
+from tuneforge.manager import PluginManager
+from tuneforge.run import RunContext, RunFolder, atomic_write_text, to_json
+from tuneforge.split import Split, make_split
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """A config resolved into components, with its data loaded (nothing written yet)."""
+
+    config: RunConfig
+    base_dir: Path
+    pm: PluginManager
+    task: Any
+    data: TaskData
+    validators: list[tuple[ComponentRef, Any]]
+    balancer: Any
+    augmenters: list[Any]
+    preprocessors: list[Any]
+    tokenizer: Any
+    model_builder: Any
+    metrics: dict[str, Any]
+    callbacks: list[Any]
+    monitor: str
+    mode: str
+    findings: list[Finding] = field(default_factory=list)
+
+
+def make_plugin_manager(cfg: RunConfig | None, base_dir: Path | None, disable: list[str] = (),
+                        local: list[str] = (), strict: bool | None = None) -> PluginManager:
+    dis = list(disable) + (cfg.plugins.disable if cfg else [])
+    loc = (cfg.plugins.local if cfg else []) + list(local)
+    return PluginManager(disable=dis, local=loc, base_dir=base_dir, strict=strict)
+
+
+def _with_defaults(cfg: RunConfig, defaults: dict[str, Any]) -> RunConfig:
+    cfg = cfg.model_copy(deep=True)
+    for key in ("validators", "metrics"):
+        if getattr(cfg, key) is None and key in defaults:
+            setattr(cfg, key, [ComponentRef.model_validate(v) for v in defaults[key]])
+    for key in ("tokenizer", "model"):
+        if getattr(cfg, key) is None and key in defaults:
+            setattr(cfg, key, ComponentRef.model_validate(defaults[key]))
+    return cfg
+
+
+def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
+    """Resolve every component and load the data. Raises before anything is written."""
+    regs = pm.registries
+    task = instantiate(regs, "tasks", ComponentRef(name=cfg.task), "task")
+    task.name = cfg.task
+    cfg = _with_defaults(cfg, task.defaults())
+    validators = [(ref, instantiate(regs, "validators", ref, f"validators[{i}]"))
+                  for i, ref in enumerate(cfg.validators or [])]
+    balancer = instantiate(regs, "balancers", cfg.balancer, "balancer")
+    augmenters = [instantiate(regs, "augmenters", r, f"augmenters[{i}]") for i, r in enumerate(cfg.augmenters)]
+    preprocessors = [instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
+                     for i, r in enumerate(cfg.preprocessors)]
+    if cfg.tokenizer is None or cfg.model is None:
+        missing = "tokenizer" if cfg.tokenizer is None else "model"
+        raise ConfigError(missing, f"required: task {cfg.task!r} has no default {missing}")
+    tokenizer = instantiate(regs, "tokenizers", cfg.tokenizer, "tokenizer")
+    model_builder = instantiate(regs, "models", cfg.model, "model")
+    metrics = {}
+    for i, ref in enumerate(cfg.metrics or []):
+        metric = instantiate(regs, "metrics", ref, f"metrics[{i}]")
+        if metric.problem not in ("any", task.problem):
+            raise ConfigError(f"metrics[{i}].name", f"{ref.name!r} is a {metric.problem} metric; "
+                              f"task {cfg.task!r} is {task.problem}")
+        metrics[ref.name] = metric
+    callbacks = [instantiate(regs, "callbacks", r, f"callbacks[{i}]") for i, r in enumerate(cfg.callbacks)]
+    monitor = cfg.trainer.monitor
+    if monitor != "loss" and monitor not in metrics:
+        raise ConfigError("trainer.monitor", f"{monitor!r} is not computed; choose loss or one of the "
+                          f"metrics: {', '.join(metrics) or 'none'}")
+    mode = cfg.trainer.monitor_mode
+    if mode == "auto":
+        mode = "min" if monitor == "loss" else ("max" if metrics[monitor].greater_is_better else "min")
+    data = task.load(cfg.data, base_dir)
+    modalities = set(data.modalities.values())
+    for i, (ref, comp) in enumerate(zip(cfg.augmenters + cfg.preprocessors, augmenters + preprocessors)):
+        mods = set(getattr(comp, "modalities", ()))
+        if mods and not mods & modalities:
+            section = "augmenters" if i < len(augmenters) else "preprocessors"
+            j = i if i < len(augmenters) else i - len(augmenters)
+            raise ConfigError(f"{section}[{j}].name", f"{ref.name!r} works on {sorted(mods)} inputs; "
+                              f"task {cfg.task!r} has {sorted(modalities)}")
+    return Prepared(cfg, base_dir, pm, task, data, validators, balancer, augmenters, preprocessors,
+                    tokenizer, model_builder, metrics, callbacks, monitor, mode)
+
+
+def run_validators(prep: Prepared) -> TaskData:
+    """Apply each validator's policy in order; returns the data that survives."""
+    data = prep.data
+    findings: list[Finding] = []
+    for i, (ref, validator) in enumerate(prep.validators):
+        policy = getattr(validator.config, "policy", "warn")
+        for f in validator.check(data, prep.task):
+            f.validator = ref.name
+            if policy == "fail" and f.severity != "info" and (f.rows or f.severity == "error"):
+                raise DataError(f"{data.source}: validators[{i}] ({ref.name}, policy fail): {f.message}")
+            if policy == "drop" and (f.drop if f.drop is not None else f.rows):
+                drop = f.drop if f.drop is not None else f.rows
+                keep = data.frame.index.difference(drop)
+                data = data.subset(keep)
+                f.action = f"dropped {len(drop)} rows"
+            else:
+                f.action = "reported" if policy != "drop" else "nothing to drop"
+            findings.append(f)
+    prep.findings = findings
+    if len(data) == 0:
+        raise DataError(f"{data.source}: no rows left after validation (the validators dropped all "
+                        f"{len(prep.data)} rows); see their policies")
+    if data.classes is not None:
+        left = data.frame[data.target].nunique()
+        if left < 2:
+            raise DataError(f"{data.source}: only {left} class left after validation; classification "
+                            "needs at least two")
+    return data
+
+
+def split_data(prep: Prepared, data: TaskData) -> Split:
+    s = prep.config.split
+    strata = None
+    if s.stratify:
+        if hasattr(prep.task, "stratify_labels"):
+            strata = prep.task.stratify_labels(data)
+        elif data.classes is not None:
+            strata = data.label_ids()
+    groups = None
+    if s.group_duplicates and hasattr(prep.task, "content_keys"):
+        groups = prep.task.content_keys(data).to_numpy()
+    return make_split(data.frame.index, s.train, s.val, s.test, s.seed, strata=strata, groups=groups)
+
+
+def class_counts(data: TaskData, rows: np.ndarray) -> dict[str, int]:
+    if data.classes is None:
+        return {}
+    ids = data.subset(rows).label_ids()
+    counts = np.bincount(ids, minlength=len(data.classes))
+    return {str(c): int(n) for c, n in zip(data.classes, counts)}
+
+
+def evaluate_metrics(prep: Prepared, logits: Any, labels: Any, loss_fn: Any) -> dict[str, float]:
+    import torch
+
+    out = {"loss": float(loss_fn(logits, labels.to(logits.device)).item())} if labels is not None else {}
+    y_pred, y_score = prep.task.predictions(logits)
+    y_true = labels.numpy()
+    for name, metric in prep.metrics.items():
+        out[name] = float(metric(y_true, y_pred, y_score))
+    del torch
+    return out
+
+
+def majority_baseline(data: TaskData, train_rows: np.ndarray, test_rows: np.ndarray) -> float | None:
+    if data.classes is None:
+        return None
+    train_ids = data.subset(train_rows).label_ids()
+    majority = np.bincount(train_ids).argmax()
+    return float((data.subset(test_rows).label_ids() == majority).mean())
+
+
+@dataclass
+class Outcome:
+    """A trained run: its folder and, while in memory, how to evaluate the best model on test."""
+
+    folder: RunFolder
+    context: RunContext
+    train_metrics: dict[str, Any]
+    best_value: float | None
+    evaluate_test: Callable[[], dict[str, float]] | None = None
+
+
+def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None) -> Outcome:
+    """Validate, split, balance, train; writes everything but the test metrics into ``folder``."""
+    cfg, task = prep.config, prep.task
+    data = run_validators(prep)
+    for f in prep.findings:
+        log(f"  [{f.severity}] {f.validator}: {f.message} -> {f.action}")
+    split = split_data(prep, data)
+    for note in split.notes:
+        log(f"  split: {note}")
+    rng = np.random.default_rng(cfg.split.seed)
+    plan: BalancePlan = prep.balancer.plan(data, split.train, rng)
+    train_rows = split.train if plan.indices is None else split.train[plan.indices]
+    sizes = {"train": len(train_rows), "val": len(split.val), "test": len(split.test)}
+    log(f"split {split.sizes()} (train after balancing: {len(train_rows)}); balancer: {plan.note}")
+    ctx = RunContext(config=cfg, run_dir=folder.path, final_dir=folder.final, task=cfg.task,
+                     problem=task.problem, classes=data.classes, split_sizes=sizes,
+                     findings=[f.as_dict() for f in prep.findings], trial=trial)
+    resolved = dump_config(cfg)
+    resolved["data"]["path"] = str(Path(data.source).resolve())
+    folder.write_yaml("config.yaml", resolved)
+    folder.write_json("findings.json", {"findings": [f.as_dict() for f in prep.findings],
+                                        "rows_loaded": len(prep.data), "rows_kept": len(data)})
+    folder.write_json("split.json", {
+        **split.as_dict(),
+        "balanced_train": [int(i) for i in train_rows],
+        "class_counts": {"train": class_counts(data, split.train), "val": class_counts(data, split.val),
+                         "test": class_counts(data, split.test),
+                         "train_balanced": class_counts(data, train_rows)},
+    })
+    folder.write_json("labels.json", {"classes": data.classes, "label_column": data.target,
+                                      "inputs": data.inputs, "problem": task.problem})
+    for cb in prep.callbacks:
+        prep.pm.pm.register(cb)
+    hook = prep.pm.hook
+    try:
+        hook.on_run_start(run=ctx)
+        from tuneforge.trainer import Trainer
+
+        trainer = Trainer(cfg.trainer, log=log)
+        task.prepare(prep.tokenizer, prep.model_builder)
+        seed = cfg.trainer.seed
+        train_set = task.make_dataset(data, train_rows, prep.tokenizer, prep.preprocessors, prep.augmenters, seed)
+        val_set = task.make_dataset(data, split.val, prep.tokenizer, prep.preprocessors, [], seed)
+        collate = task.collate_fn(prep.tokenizer, trainer.on_cuda)
+        model = task.build_model(prep.model_builder, data, prep.tokenizer)
+        loss_fn = task.loss_fn(plan.class_weights)
+        eval_loss = task.loss_fn(None)
+        ckpt = folder.path / "checkpoint"
+
+        def evaluate(logits: Any, labels: Any) -> dict[str, float]:
+            metrics = evaluate_metrics(prep, logits, labels, eval_loss)
+            hook.on_evaluate(run=ctx, split="val", metrics=metrics)
+            return metrics
+
+        def save_best(unwrapped: Any) -> None:
+            tmp = folder.path / ".checkpoint.tmp"
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            task.save_artifacts(unwrapped, prep.tokenizer, prep.model_builder, tmp)
+            if ckpt.exists():
+                import shutil
+
+                shutil.rmtree(ckpt)
+            tmp.rename(ckpt)
+
+        def on_epoch_end(epoch: int, row: dict[str, float]) -> None:
+            now = time.time()
+            for key, value in row.items():
+                if key != "epoch":
+                    split_name, _, name = key.partition(".")
+                    folder.log_history({"step": None, "epoch": epoch, "split": split_name, "name": name,
+                                        "value": value, "time": now})
+            hook.on_epoch_end(run=ctx, epoch=epoch, metrics=row)
+
+        def on_log(step: int, values: dict[str, float]) -> None:
+            now = time.time()
+            for key, value in values.items():
+                split_name, _, name = key.rpartition(".")
+                folder.log_history({"step": step, "epoch": None, "split": split_name or "train",
+                                    "name": name, "value": value, "time": now})
+            hook.on_log(run=ctx, step=step, values=values)
+
+        result = trainer.fit(model, train_set, val_set, collate, loss_fn, evaluate, prep.monitor, prep.mode,
+                             save_best, on_epoch_end=on_epoch_end, on_log=on_log,
+                             sample_weights=None if plan.sample_weights is None
+                             else plan.sample_weights[plan.indices] if plan.indices is not None
+                             else plan.sample_weights)
+        if not ckpt.exists():
+            raise UserError(f"no checkpoint was saved: val.{prep.monitor} was never finite")
+        best_row = result.history[(result.best_epoch or 1) - 1]
+        train_metrics = {
+            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "monitor": f"val.{prep.monitor}", "monitor_mode": prep.mode, "best_value": result.best_value,
+            "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
+            "train_seconds": result.seconds,
+            "val": {k[4:]: v for k, v in best_row.items() if k.startswith("val.")},
+        }
+
+        def evaluate_test() -> dict[str, float]:
+            best_model = task.load_artifacts(ckpt, prep.tokenizer, prep.model_builder)
+            best_model = trainer.prepare_model(best_model)
+            test_set = task.make_dataset(data, split.test, prep.tokenizer, prep.preprocessors, [], seed)
+            logits, labels = trainer.predict(best_model, trainer.loader(test_set, collate))
+            metrics = evaluate_metrics(prep, logits, labels, eval_loss)
+            base = majority_baseline(data, split.train, split.test)
+            if base is not None:
+                metrics["majority_baseline_accuracy"] = base
+            hook.on_evaluate(run=ctx, split="test", metrics=metrics)
+            return metrics
+
+        return Outcome(folder, ctx, train_metrics, result.best_value, evaluate_test)
+    except BaseException:
+        hook.on_run_end(run=ctx, metrics={}, status="failed")
+        raise
+    finally:
+        for cb in prep.callbacks:
+            prep.pm.pm.unregister(cb)
+
+
+def finish(outcome: Outcome, prep: Prepared, log: Log, started: float, extra: dict[str, Any] | None = None) -> Path:
+    """Evaluate the best checkpoint on test once, write metrics and commit the folder."""
+    import torch
+
+    assert outcome.evaluate_test is not None
+    test = outcome.evaluate_test()
+    metrics = {**outcome.train_metrics, "test": test, **(extra or {})}
+    folder = outcome.folder
+    folder.write_json("metrics.json", metrics)
+    for name, value in test.items():
+        folder.log_history({"step": None, "epoch": None, "split": "test", "name": name, "value": value,
+                            "time": time.time()})
+    folder.write_json("run.json", {
+        "status": "completed", "tuneforge": tuneforge.__version__, "task": prep.config.task,
+        "started": started, "finished": time.time(), "seconds": time.time() - started,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "device": "cuda" if torch.cuda.is_available() and prep.config.trainer.device != "cpu" else "cpu",
+        "plugins": sorted(i.name for i in prep.pm.infos.values() if not i.disabled and not i.error),
+    })
+    prep.pm.hook.on_run_end(run=outcome.context, metrics=test, status="completed")
+    final = folder.commit()
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in test.items())
+    log(f"test: {shown}")
+    log(f"run folder: {final}")
+    return final
+
+
+def run(cfg: RunConfig, base_dir: Path, pm: PluginManager, log: Log, overwrite: bool = False,
+        raw: dict[str, Any] | None = None, overrides: list[tuple[str, Any]] = ()) -> Path:
+    """Run a config end to end (or a hyperparameter study when ``tuner`` is set)."""
+    started = time.time()
+    prep = prepare(cfg, base_dir, pm)
+    if cfg.tuner is not None:
+        return run_study(prep, raw or dump_config(cfg), overrides, log, overwrite, started)
+    folder = RunFolder(cfg.output.dir, overwrite=overwrite or cfg.output.overwrite)
+    try:
+        outcome = train(prep, folder, log)
+        return finish(outcome, prep, log, started)
+    except BaseException:
+        folder.abort()
+        raise
+
+
+def run_study(prep: Prepared, raw: dict[str, Any], overrides: list[tuple[str, Any]], log: Log,
+              overwrite: bool, started: float) -> Path:
+    """A tuner study: each trial is a run folder under ``trials/``; the best is tested once."""
+    cfg = prep.config
+    assert cfg.tuner is not None
+    tuner_ref = cfg.tuner
+    tuner = instantiate(prep.pm.registries, "tuners",
+                        ComponentRef.model_validate({"name": tuner_ref.name, **tuner_ref.params}), "tuner")
+    if not tuner_ref.space:
+        raise ConfigError("tuner.space", "empty: give at least one key to search, e.g. trainer.lr")
+    study = RunFolder(cfg.output.dir, overwrite=overwrite or cfg.output.overwrite)
+    best: dict[str, Any] = {"outcome": None, "prep": None, "trial": None}
+    sign = 1 if prep.mode == "max" else -1
+
+    def objective(trial: Trial) -> float:
+        t0 = time.time()
+        trial_raw = copy.deepcopy(raw)
+        trial_raw.pop("tuner", None)
+        trial_cfg = build_config(trial_raw, list(overrides) + list(trial.params.items()))
+        trial_cfg.output.dir = study.path / "trials" / f"trial_{trial.number:03d}"
+        log(f"trial {trial.number}: {trial.params}")
+        trial_prep = prepare(trial_cfg, prep.base_dir, prep.pm)
+        folder = RunFolder(trial_cfg.output.dir)
+        try:
+            outcome = train(trial_prep, folder, log, trial=trial.number)
+        except UserError as exc:
+            folder.abort()
+            trial.state, trial.seconds = "failed", time.time() - t0
+            log(f"trial {trial.number} failed: {exc}")
+            return float("nan")
+        folder.write_json("metrics.json", outcome.train_metrics)
+        folder.write_json("run.json", {"status": "trained", "trial": trial.number, "params": trial.params})
+        folder.commit()
+        trial.value = outcome.best_value
+        trial.state = "complete"
+        trial.seconds = time.time() - t0
+        trial.run_dir = str(study.final / "trials" / f"trial_{trial.number:03d}")
+        current = best["trial"]
+        if trial.value is not None and (current is None or sign * trial.value > sign * current.value):
+            best.update(outcome=outcome, prep=trial_prep, trial=trial)
+        return trial.value if trial.value is not None else float("nan")
+
+    try:
+        trials = tuner.search(tuner_ref.space, objective, prep.mode)
+        rows = [{"number": t.number, **{f"params.{k}": v for k, v in t.params.items()},
+                 f"val.{prep.monitor}": t.value, "state": t.state, "seconds": round(t.seconds, 2)}
+                for t in trials]
+        import pandas as pd
+
+        atomic_write_text(study.path / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
+        if best["trial"] is None:
+            raise UserError("every trial failed; see the messages above")
+        winner: Trial = best["trial"]
+        log(f"best trial {winner.number}: val.{prep.monitor} {winner.value:.4f} with {winner.params}")
+        best_raw = copy.deepcopy(raw)
+        best_raw.pop("tuner", None)
+        best_cfg = build_config(best_raw, list(overrides) + list(winner.params.items()))
+        best_yaml = dump_config(best_cfg)
+        best_yaml.pop("tuner", None)
+        study.write_yaml("best_config.yaml", best_yaml)
+        # The study folder doubles as the winner's run folder (predict works on it).
+        import shutil
+
+        trial_dir = study.path / "trials" / f"trial_{winner.number:03d}"
+        for name in ("config.yaml", "labels.json", "split.json", "findings.json"):
+            shutil.copy2(trial_dir / name, study.path / name)
+        shutil.copytree(trial_dir / "checkpoint", study.path / "checkpoint")
+        outcome: Outcome = best["outcome"]
+        outcome.folder = study
+        extra = {"study": {"tuner": tuner_ref.name, "trials": len(trials), "best_trial": winner.number,
+                           "best_params": winner.params}}
+        outcome.train_metrics = {**outcome.train_metrics, "trial": winner.number}
+        return finish(outcome, best["prep"], log, started, extra)
+    except BaseException:
+        study.abort()
+        raise
+
+
+def predict(run_dir: Path, input_path: Path, output: Path | None, log: Log,
+            disable: list[str] = (), local: list[str] = ()) -> Path:
+    """Load a run's checkpoint and write predictions for ``input_path``."""
+    import pandas as pd
+
+    from tuneforge.config import read_yaml
+
+    if not (run_dir / "run.json").is_file() or not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a finished tuneforge run folder (no run.json/config.yaml)")
+    ckpt = run_dir / "checkpoint"
+    if not ckpt.is_dir():
+        raise UserError(f"{run_dir}: no checkpoint/ folder")
+    try:
+        cfg = build_config(read_yaml(run_dir / "config.yaml"))
+    except ConfigError as exc:
+        raise UserError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    pm = make_plugin_manager(cfg, run_dir, disable, local)
+    regs = pm.registries
+    task = instantiate(regs, "tasks", ComponentRef(name=cfg.task), "task")
+    task.name = cfg.task
+    assert cfg.tokenizer is not None and cfg.model is not None
+    tokenizer = instantiate(regs, "tokenizers", cfg.tokenizer, "tokenizer")
+    builder = instantiate(regs, "models", cfg.model, "model")
+    preprocessors = [instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
+                     for i, r in enumerate(cfg.preprocessors)]
+    import json
+
+    labels = json.loads((run_dir / "labels.json").read_text())
+    frame = task.load_inputs(input_path, cfg.data)
+    from tuneforge.trainer import Trainer
+
+    trainer_cfg = cfg.trainer.model_copy()
+    trainer = Trainer(trainer_cfg, log=log)
+    model = task.load_artifacts(ckpt, tokenizer, builder)
+    model = trainer.prepare_model(model)
+    dataset = task.predict_dataset(frame, cfg.data.columns or {"text": "text"}, tokenizer, preprocessors)
+    logits, _ = trainer.predict(model, trainer.loader(dataset, task.collate_fn(tokenizer, trainer.on_cuda)))
+    y_pred, y_score = task.predictions(logits)
+    out = frame.copy()
+    classes = labels.get("classes")
+    if classes:
+        out["prediction"] = [classes[i] for i in y_pred]
+        for j, c in enumerate(classes):
+            out[f"prob_{c}"] = y_score[:, j]
+    else:
+        out["prediction"] = y_pred
+    if output is None:
+        output = run_dir / "predictions" / f"{input_path.stem}.csv"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    suffix = output.suffix.lower()
+    if suffix == ".jsonl":
+        atomic_write_text(output, out.to_json(orient="records", lines=True))
+    elif suffix in (".parquet", ".pq"):
+        tmp = output.with_name(f".{output.name}.tmp")
+        out.to_parquet(tmp)
+        tmp.replace(output)
+    else:
+        atomic_write_text(output, out.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
+    log(f"wrote {len(out)} predictions to {output}")
+    del pd, to_json
+    return output

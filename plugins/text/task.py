@@ -1,0 +1,218 @@
+"""The text-classification task: one text column (or a pair) and a label column."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from tuneforge.components import StrictConfig, Task
+from tuneforge.data import TaskData, read_table, require_columns
+from tuneforge.errors import ConfigError, DataError
+
+_NORM = re.compile(r"\W+")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars (JSON-friendly class names)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+class TextDataset:
+    """Map-style dataset of tokenized texts.
+
+    Without augmenters every text is tokenized once, up front. With augmenters the raw text
+    is augmented and tokenized per access, so each epoch sees new variants.
+    """
+
+    def __init__(
+        self,
+        texts: list[str],
+        pairs: list[str] | None,
+        labels: np.ndarray | None,
+        tokenizer: Any,
+        augmenters: list[Any],
+        seed: int,
+    ) -> None:
+        self.texts, self.pairs, self.labels = texts, pairs, labels
+        self.tokenizer, self.augmenters = tokenizer, augmenters
+        self.rng = random.Random(seed)
+        self.encoded = None if augmenters else tokenizer.encode(texts, pairs)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.encoded is not None:
+            item = {k: v[i] for k, v in self.encoded.items()}
+        else:
+            example = {"text": self.texts[i]}
+            if self.pairs is not None:
+                example["text_pair"] = self.pairs[i]
+            for aug in self.augmenters:
+                example = aug(example, self.rng)
+            pair = [example["text_pair"]] if self.pairs is not None else None
+            item = {k: v[0] for k, v in self.tokenizer.encode([example["text"]], pair).items()}
+        if self.labels is not None:
+            item["labels"] = int(self.labels[i])
+        return item
+
+
+class TextClassificationTask(Task):
+    """Classify a text (role ``text``) or a pair (``text`` + ``text_pair``) into labels."""
+
+    problem: ClassVar[str] = "classification"
+    roles: ClassVar[dict[str, str]] = {"text": "text", "text_pair": "text"}
+
+    class Config(StrictConfig):
+        pass
+
+    # -- loading --------------------------------------------------------------------------
+    def _columns(self, data_config: Any) -> dict[str, str]:
+        columns = dict(data_config.columns) or {"text": "text"}
+        for role in columns:
+            if role not in self.roles:
+                raise ConfigError(
+                    f"data.columns.{role}", f"unknown role; {self.name} uses: {', '.join(self.roles)}"
+                )
+        if "text" not in columns:
+            raise ConfigError("data.columns.text", "missing: name the column that holds the text")
+        return columns
+
+    name = "text-classification"
+
+    def load(self, data_config: Any, base_dir: Path) -> TaskData:
+        if data_config.target is not None:
+            raise ConfigError("data.target", f"{self.name} takes its classes from data.label")
+        path = Path(data_config.path)
+        path = path if path.is_absolute() else base_dir / path
+        frame = read_table(path, data_config.format, data_config.read_options)
+        columns = self._columns(data_config)
+        label = data_config.label or "label"
+        wanted = {f"data.columns.{r}": c for r, c in columns.items()}
+        wanted["data.label"] = label
+        require_columns(frame, wanted, path)
+        if len(frame) == 0:
+            raise DataError(f"{path}: the file has no data rows")
+        labels = frame[label].dropna()
+        classes = sorted({_plain(v) for v in labels.unique()}, key=lambda v: (str(type(v)), v))
+        if len(classes) < 2:
+            only = f" (only {classes[0]!r})" if classes else ""
+            raise DataError(
+                f"{path}: label column {label!r} has {len(classes)} class{only}; "
+                "classification needs at least two"
+            )
+        return TaskData(
+            frame=frame,
+            inputs=columns,
+            target=label,
+            classes=classes,
+            source=str(path),
+            problem=self.problem,
+            modalities={r: self.roles[r] for r in columns},
+        )
+
+    def load_inputs(self, path: Path, data_config: Any) -> pd.DataFrame:
+        """Read a file to predict on: the same input columns; the label is optional."""
+        frame = read_table(path, data_config.format if str(path).endswith(str(Path(data_config.path).suffix)) else "auto", data_config.read_options)
+        columns = self._columns(data_config)
+        require_columns(frame, {f"data.columns.{r}": c for r, c in columns.items()}, path)
+        for role, col in columns.items():
+            bad = frame.index[frame[col].isna()]
+            if len(bad):
+                raise DataError(f"{path}: row {int(bad[0])}: column {col!r} ({role}) is empty")
+        return frame
+
+    def defaults(self) -> dict[str, Any]:
+        return {
+            "validators": [
+                "schema",
+                "missing",
+                "empty-text",
+                "duplicates",
+                "conflicting-labels",
+                "class-size",
+            ],
+            "tokenizer": {"name": "hf-tokenizer"},
+            "model": {"name": "hf-sequence-classification"},
+            "metrics": ["accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"],
+        }
+
+    def content_keys(self, data: TaskData) -> pd.Series:
+        """Normalised input text: rows with equal keys are duplicates (kept in one split)."""
+        cols = [data.inputs[r] for r in ("text", "text_pair") if r in data.inputs]
+        key = data.frame[cols[0]].astype(str)
+        for col in cols[1:]:
+            key = key + "\x1f" + data.frame[col].astype(str)
+        return key.str.lower().map(lambda s: _NORM.sub(" ", s).strip())
+
+    # -- training -------------------------------------------------------------------------
+    def prepare(self, tokenizer: Any, model_builder: Any) -> None:
+        tokenizer.setup(default_checkpoint=model_builder.checkpoint_path())
+
+    def _texts(self, frame: pd.DataFrame, inputs: dict[str, str], preprocessors: list[Any]):
+        def clean(col: str) -> list[str]:
+            values = frame[col].astype(str).tolist()
+            for pre in preprocessors:
+                values = [pre(v) for v in values]
+            return values
+
+        texts = clean(inputs["text"])
+        pairs = clean(inputs["text_pair"]) if "text_pair" in inputs else None
+        return texts, pairs
+
+    def make_dataset(
+        self,
+        data: TaskData,
+        rows: np.ndarray,
+        tokenizer: Any,
+        preprocessors: list[Any],
+        augmenters: list[Any],
+        seed: int,
+    ) -> TextDataset:
+        frame = data.frame.loc[rows]
+        texts, pairs = self._texts(frame, data.inputs, preprocessors)
+        labels = data.subset(rows).label_ids()
+        return TextDataset(texts, pairs, labels, tokenizer, augmenters, seed)
+
+    def collate_fn(self, tokenizer: Any, on_cuda: bool) -> Any:
+        return tokenizer.collator(pad_to_multiple_of=8 if on_cuda else None)
+
+    def build_model(self, model_builder: Any, data: TaskData, tokenizer: Any) -> Any:
+        id2label = {i: str(c) for i, c in enumerate(data.classes or [])}
+        return model_builder.build(len(id2label), id2label, tokenizer.tokenizer, self.problem)
+
+    def loss_fn(self, class_weights: np.ndarray | None) -> Any:
+        import torch
+
+        weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        return torch.nn.CrossEntropyLoss(weight=weight)
+
+    def predictions(self, logits: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Logits -> (predicted class ids, class probabilities)."""
+        import torch
+
+        probs = torch.softmax(logits.float(), dim=-1)
+        return probs.argmax(dim=-1).numpy(), probs.numpy()
+
+    # -- artifacts ------------------------------------------------------------------------
+    def save_artifacts(self, model: Any, tokenizer: Any, model_builder: Any, folder: Path) -> None:
+        model_builder.save(model, folder)
+        tokenizer.save(folder)
+
+    def load_artifacts(self, folder: Path, tokenizer: Any, model_builder: Any) -> Any:
+        tokenizer.load(str(folder), key=f"checkpoint {folder}")
+        return model_builder.load(folder)
+
+    def predict_dataset(self, frame: pd.DataFrame, inputs: dict[str, str], tokenizer: Any, preprocessors: list[Any]) -> TextDataset:
+        texts, pairs = self._texts(frame, inputs, preprocessors)
+        return TextDataset(texts, pairs, None, tokenizer, [], 0)
+
+
+def read_labels(folder: Path) -> list[Any]:
+    return json.loads((folder / "labels.json").read_text())["classes"]

@@ -1,0 +1,200 @@
+"""Built-in data-quality validators (modality-agnostic; text-aware where the task says so).
+
+Each validator reports :class:`~tuneforge.components.Finding` objects; the pipeline applies
+the validator's ``policy``: ``warn`` (report only), ``drop`` (remove the rows) or ``fail``
+(stop with an error naming the rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+
+from tuneforge import hookimpl
+from tuneforge.components import Finding, Policy, Validator, ValidatorConfig
+from tuneforge.data import TaskData
+from tuneforge.hookspecs import Register
+
+
+def _rows(index: pd.Index | list[Any]) -> list[int]:
+    return [int(i) for i in index]
+
+
+def _preview(rows: list[int], n: int = 5) -> str:
+    head = ", ".join(map(str, rows[:n]))
+    return f"{head}, ... ({len(rows)} in all)" if len(rows) > n else head
+
+
+def content_keys(data: TaskData, task: Any) -> pd.Series:
+    """The task's duplicate key when it has one, else the raw input columns joined."""
+    if task is not None and hasattr(task, "content_keys"):
+        return task.content_keys(data)
+    cols = list(data.inputs.values())
+    return data.frame[cols].astype(str).agg("\x1f".join, axis=1)
+
+
+class Schema(Validator):
+    """Label values and column types the task can use (non-string text, mixed label types)."""
+
+    class Config(ValidatorConfig):
+        policy: Policy = "fail"
+
+    def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        out = []
+        for role, col in data.inputs.items():
+            if data.modalities.get(role) == "text":
+                values = data.frame[col].dropna()
+                bad = values.index[~values.map(lambda v: isinstance(v, str))]
+                if len(bad):
+                    rows = _rows(bad)
+                    out.append(Finding("non-text-value", "warning",
+                                       f"column {col!r} holds non-text values in rows {_preview(rows)}",
+                                       rows))
+        if data.target is not None and data.classes is not None:
+            kinds = {type(c).__name__ for c in data.classes}
+            if len(kinds) > 1:
+                out.append(Finding("mixed-label-types", "error",
+                                   f"label column {data.target!r} mixes value types {sorted(kinds)}",
+                                   []))
+        return out
+
+
+class Missing(Validator):
+    """Rows whose label or any input column is missing."""
+
+    class Config(ValidatorConfig):
+        policy: Policy = "drop"
+
+    def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        cols = list(data.inputs.values()) + ([data.target] if data.target else [])
+        out = []
+        for col in cols:
+            bad = data.frame.index[data.frame[col].isna()]
+            if len(bad):
+                rows = _rows(bad)
+                out.append(Finding("missing-value", "warning",
+                                   f"{len(rows)} rows have no value in column {col!r}: rows {_preview(rows)}",
+                                   rows, details={"column": col}))
+        return out
+
+
+class EmptyText(Validator):
+    """Text inputs that are empty or only whitespace."""
+
+    class Config(ValidatorConfig):
+        policy: Policy = "drop"
+        min_chars: int = Field(1, ge=1, description="shorter stripped texts count as empty")
+
+    def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        out = []
+        for role, col in data.inputs.items():
+            if data.modalities.get(role) != "text":
+                continue
+            values = data.frame[col].dropna().astype(str).str.strip()
+            bad = values.index[values.str.len() < self.config.min_chars]
+            if len(bad):
+                rows = _rows(bad)
+                out.append(Finding("empty-text", "warning",
+                                   f"{len(rows)} empty texts in column {col!r}: rows {_preview(rows)}",
+                                   rows, details={"column": col}))
+        return out
+
+
+class Duplicates(Validator):
+    """Repeated examples (same normalised input and label); drop keeps the first of each group."""
+
+    class Config(ValidatorConfig):
+        policy: Policy = "warn"
+
+    def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        keys = content_keys(data, task)
+        frame = pd.DataFrame({"key": keys})
+        if data.target:
+            frame["label"] = data.frame[data.target].astype(str)
+        dup = frame.duplicated(keep=False)
+        if not dup.any():
+            return []
+        extra = frame.duplicated(keep="first")
+        rows = _rows(frame.index[dup])
+        groups = int(frame[dup].drop_duplicates().shape[0])
+        return [Finding(
+            "duplicate", "warning",
+            f"{int(extra.sum())} duplicate rows in {groups} groups (same text and label): rows {_preview(rows)}",
+            rows, drop=_rows(frame.index[extra]), details={"groups": groups},
+        )]
+
+
+class ConflictingLabels(Validator):
+    """The same input with different labels: at most one can be right."""
+
+    class Config(ValidatorConfig):
+        policy: Policy = "drop"
+
+    def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        if not data.target:
+            return []
+        keys = content_keys(data, task)
+        labels = data.frame[data.target].astype(str)
+        n_labels = labels.groupby(keys).transform("nunique")
+        bad = n_labels.index[n_labels > 1]
+        if not len(bad):
+            return []
+        rows = _rows(bad)
+        groups = int(keys.loc[bad].nunique())
+        examples = []
+        for key in keys.loc[bad].unique()[:3]:
+            idx = keys.index[keys == key]
+            examples.append(f"rows {', '.join(map(str, _rows(idx)))} -> {sorted(set(labels.loc[idx]))}")
+        return [Finding(
+            "conflicting-labels", "warning",
+            f"{groups} inputs appear with different labels ({len(rows)} rows): " + "; ".join(examples),
+            rows, details={"groups": groups},
+        )]
+
+
+class ClassSize(Validator):
+    """Classes too small to learn from or to stratify across train/val/test."""
+
+    class Config(ValidatorConfig):
+        policy: Policy = "warn"
+        min_count: int = Field(10, ge=1, description="classes with fewer rows are reported")
+
+    def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        if data.classes is None or not data.target:
+            return []
+        counts = data.frame[data.target].value_counts()
+        small = counts[counts < self.config.min_count]
+        out = []
+        for cls, n in small.items():
+            rows = _rows(data.frame.index[data.frame[data.target] == cls])
+            out.append(Finding(
+                "small-class", "warning",
+                f"class {cls!r} has only {int(n)} rows (< {self.config.min_count}); rows with fewer than 3 "
+                "per class cannot be stratified and stay in train",
+                rows, details={"class": str(cls), "count": int(n)},
+            ))
+        unused = [c for c in (data.classes or []) if c not in counts.index]
+        if unused:
+            out.append(Finding("unused-class", "info", f"declared classes with no rows: {unused}", []))
+        ratio = counts.max() / max(counts.min(), 1)
+        if ratio >= 10:
+            out.append(Finding(
+                "imbalance", "warning",
+                f"largest class is {ratio:.0f}x the smallest; consider a balancer", [],
+                details={"ratio": float(ratio)},
+            ))
+        return out
+
+
+@hookimpl
+def register_validators(register: Register) -> None:
+    register("schema", Schema)
+    register("missing", Missing)
+    register("empty-text", EmptyText)
+    register("duplicates", Duplicates)
+    register("conflicting-labels", ConflictingLabels)
+    register("class-size", ClassSize)
+
+
