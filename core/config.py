@@ -31,7 +31,19 @@ def format_loc(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
     return out
 
 
-def raise_validation_error(exc: ValidationError, prefix: str = "") -> None:
+def _fields_at(model: Any, loc: list[Any]) -> list[str] | None:
+    """Field names of the pydantic model reached by following ``loc`` from ``model``."""
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if model is not None else None
+
+
+def raise_validation_error(exc: ValidationError, prefix: str = "", model: Any = None) -> None:
     """Turn the first pydantic error into a one-line :class:`ConfigError`."""
     err = exc.errors()[0]
     loc = list(err.get("loc", ()))
@@ -42,7 +54,7 @@ def raise_validation_error(exc: ValidationError, prefix: str = "") -> None:
     if err.get("type") == "extra_forbidden":
         msg = "unknown key"
         parent, _, key = path.rpartition(".")
-        allowed = err.get("ctx", {}).get("allowed")
+        allowed = _fields_at(model, loc[:-1]) if model is not None else None
         if allowed:
             close = difflib.get_close_matches(key.split("[")[0], allowed, n=1)
             msg += f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(allowed)}"
@@ -340,7 +352,7 @@ def build_config(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> 
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise_validation_error(exc)
+        raise_validation_error(exc, model=RunConfig)
         raise  # unreachable
 
 
@@ -379,7 +391,7 @@ def instantiate(registries: Any, kind: str, ref: ComponentRef, path: str) -> Any
     try:
         params = cfg_model.model_validate(ref.params)
     except ValidationError as exc:
-        raise_validation_error(exc, prefix=path)
+        raise_validation_error(exc, prefix=path, model=cfg_model)
     target = entry.load()
     try:
         return target(params)

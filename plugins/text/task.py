@@ -43,6 +43,13 @@ class TextDataset:
         self.tokenizer, self.augmenters = tokenizer, augmenters
         self.rng = random.Random(seed)
         self.encoded = None if augmenters else tokenizer.encode(texts, pairs)
+        if self.encoded is not None:
+            empty = [i for i, ids in enumerate(self.encoded["input_ids"]) if not ids]
+            if empty:
+                raise DataError(
+                    f"the tokenizer produced no tokens for {len(empty)} texts (first: {texts[empty[0]]!r}); "
+                    "check tokenizer.checkpoint or drop such rows"
+                )
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tinymodels import make_texts, tiny_checkpoint, write_csv  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TUNEFORGE = Path(sys.executable).parent / "tuneforge"
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``tuneforge`` console script as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([str(TUNEFORGE), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("tiny-models")
+    return {fam: tiny_checkpoint(base / fam, fam) for fam in ("bert", "gpt2", "roberta")}
+
+
+@pytest.fixture()
+def project(tmp_path: Path, tiny_models: dict[str, Path]):
+    """A folder with generated data and a config that trains the tiny BERT in seconds."""
+
+    class Project:
+        root = tmp_path
+        data = write_csv(tmp_path / "data.csv", make_texts(240, seed=1))
+
+        def config(self, name: str = "config.yaml", **sections) -> Path:
+            cfg = {
+                "task": "text-classification",
+                "data": {"path": "data.csv"},
+                "model": {"name": "hf-sequence-classification", "checkpoint": str(tiny_models["bert"])},
+                "trainer": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "monitor": "accuracy",
+                            "early_stopping_patience": None, "log_every_n_steps": 5},
+                "output": {"dir": str(tmp_path / "runs" / "run")},
+            }
+            for key, value in sections.items():
+                if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                    cfg[key] = {**cfg[key], **value}
+                else:
+                    cfg[key] = value
+            path = tmp_path / name
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            return path
+
+    return Project()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "data" in item.keywords and not SHARED_DATA.is_dir():
+            item.add_marker(pytest.mark.skip(reason=f"{SHARED_DATA} is absent"))
+        if "gpu" in item.keywords:
+            import torch
+
+            if not torch.cuda.is_available():
+                item.add_marker(pytest.mark.skip(reason="needs CUDA"))
