@@ -12,6 +12,7 @@ from typing import Any
 
 from tuneforge import __version__
 from tuneforge.errors import UserError
+from tuneforge.registry import RegistryError
 
 BUILTIN_COMMANDS = ("run", "validate", "predict", "plugins", "components", "config")
 
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "plugin_command", None) is not None:
             return int(args.plugin_command.run(args) or 0)
         return HANDLERS[args.command](args)
-    except UserError as exc:
+    except (UserError, RegistryError) as exc:
         if debug:
             traceback.print_exc()
         print(f"tuneforge: error: {exc}", file=sys.stderr)
