@@ -161,10 +161,13 @@ class Trial:
 
 
 class Tuner(Component):
-    """Proposes parameter sets over a search space and keeps the best.
+    """Proposes parameter sets over a search space.
 
-    ``search`` calls ``objective(params) -> float`` for each trial it proposes and returns the
-    trials; ``space`` maps dotted config keys to :class:`tuneforge.search.Distribution`.
+    ``search`` creates a :class:`Trial` per parameter set it proposes and calls
+    ``objective(trial) -> float``; the objective trains a run and fills ``trial.value``,
+    ``state``, ``seconds`` and ``run_dir``. ``space`` maps dotted config keys to
+    :class:`tuneforge.config.Distribution`. ``direction`` is ``"max"`` or ``"min"``.
+    An optional ``validate_space(space)`` raises ``ValueError`` for entries the tuner cannot use.
     """
 
     def search(self, space: dict[str, Any], objective: Any, direction: str) -> list[Trial]:

@@ -170,7 +170,6 @@ def evaluate_metrics(prep: Prepared, logits: Any, labels: Any, loss_fn: Any) -> 
     y_true = labels.numpy()
     for name, metric in prep.metrics.items():
         out[name] = float(metric(y_true, y_pred, y_score))
-    del torch
     return out
 
 
@@ -240,7 +239,10 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         model = task.build_model(prep.model_builder, data, prep.tokenizer)
         loss_fn = task.loss_fn(plan.class_weights)
         eval_loss = task.loss_fn(None)
-        ckpt = folder.path / "checkpoint"
+        def ckpt_dir() -> Path:  # the folder is renamed when it is committed
+            return folder.path / "checkpoint"
+
+        ckpt = ckpt_dir()
 
         def evaluate(logits: Any, labels: Any) -> dict[str, float]:
             metrics = evaluate_metrics(prep, logits, labels, eval_loss)
@@ -295,7 +297,7 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         }
 
         def evaluate_test() -> dict[str, float]:
-            best_model = task.load_artifacts(ckpt, prep.tokenizer, prep.model_builder)
+            best_model = task.load_artifacts(ckpt_dir(), prep.tokenizer, prep.model_builder)
             best_model = trainer.prepare_model(best_model)
             test_set = task.make_dataset(data, split.test, prep.tokenizer, prep.preprocessors, [], seed)
             logits, labels = trainer.predict(best_model, trainer.loader(test_set, collate))
@@ -358,6 +360,11 @@ def run(cfg: RunConfig, base_dir: Path, pm: PluginManager, log: Log, overwrite: 
         raise
 
 
+def _space_probes(dist: Any) -> list[Any]:
+    kind = dist.kind
+    return list(dist.choice) if kind == "choice" else list(getattr(dist, kind))
+
+
 def run_study(prep: Prepared, raw: dict[str, Any], overrides: list[tuple[str, Any]], log: Log,
               overwrite: bool, started: float) -> Path:
     """A tuner study: each trial is a run folder under ``trials/``; the best is tested once."""
@@ -368,6 +375,19 @@ def run_study(prep: Prepared, raw: dict[str, Any], overrides: list[tuple[str, An
                         ComponentRef.model_validate({"name": tuner_ref.name, **tuner_ref.params}), "tuner")
     if not tuner_ref.space:
         raise ConfigError("tuner.space", "empty: give at least one key to search, e.g. trainer.lr")
+    if hasattr(tuner, "validate_space"):
+        try:
+            tuner.validate_space(tuner_ref.space)
+        except ValueError as exc:
+            raise ConfigError("tuner.space", str(exc)) from None
+    base_raw = {k: v for k, v in raw.items() if k != "tuner"}
+    for key, dist in tuner_ref.space.items():
+        # Every searched key must exist and accept the range's values.
+        for value in _space_probes(dist):
+            try:
+                prepare(build_config(base_raw, list(overrides) + [(key, value)]), prep.base_dir, prep.pm)
+            except ConfigError as exc:
+                raise ConfigError(f"tuner.space.{key}", f"value {value!r} is not valid: {exc}") from None
     study = RunFolder(cfg.output.dir, overwrite=overwrite or cfg.output.overwrite)
     best: dict[str, Any] = {"outcome": None, "prep": None, "trial": None}
     sign = 1 if prep.mode == "max" else -1
@@ -495,5 +515,4 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, log: Log,
     else:
         atomic_write_text(output, out.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
     log(f"wrote {len(out)} predictions to {output}")
-    del pd, to_json
     return output

@@ -45,7 +45,13 @@ class GridSearch(Tuner):
     class Config(StrictConfig):
         max_trials: int | None = Field(None, ge=1, description="stop after this many combinations")
 
+    def validate_space(self, space: dict[str, Any]) -> None:
+        for key, dist in space.items():
+            if dist.kind not in ("choice", "int"):
+                raise ValueError(f"grid search needs choice or int entries; {key} is {dist.kind}")
+
     def search(self, space: dict[str, Any], objective: Any, direction: str) -> list[Trial]:
+        self.validate_space(space)
         axes = []
         for key, dist in space.items():
             if dist.kind == "choice":
@@ -53,10 +59,6 @@ class GridSearch(Tuner):
             elif dist.kind == "int":
                 lo, hi = dist.int
                 axes.append([(key, v) for v in range(lo, hi + 1)])
-            else:
-                raise ValueError(
-                    f"grid search needs choice or int entries; tuner.space.{key} is {dist.kind}"
-                )
         combos = [dict(c) for c in itertools.product(*axes)]
         if self.config.max_trials:
             combos = combos[: self.config.max_trials]

@@ -154,9 +154,9 @@ class HFSequenceClassification(ModelBuilder):
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, config=hf_config, ignore_mismatched_sizes=True
             )
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"model.checkpoint: cannot load {path}: {first}") from None
+        except Exception as exc:  # corrupt or truncated files raise library-specific errors
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UserError(f"model.checkpoint: cannot load {path}: {type(exc).__name__}: {first}") from None
         finally:
             transformers.logging.set_verbosity(verbosity)
         return model
@@ -173,6 +173,6 @@ class HFSequenceClassification(ModelBuilder):
         quiet_transformers()
         try:
             return AutoModelForSequenceClassification.from_pretrained(str(folder))
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"checkpoint {folder}: cannot load: {first}") from None
+        except Exception as exc:  # corrupt or truncated files raise library-specific errors
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UserError(f"checkpoint {folder}: cannot load: {type(exc).__name__}: {first}") from None
