@@ -22,16 +22,33 @@ def _say(msg: str) -> None:
 
 
 def _add_plugin_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--disable-plugin", "-p", action="append", default=[], metavar="NAME",
-                   help="do not load this plugin (repeatable; also TUNEFORGE_DISABLE_PLUGINS=a,b)")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
-                   help="load hook implementations from a local .py file or module (repeatable)")
-    p.add_argument("--strict-plugins", action="store_true", default=None,
-                   help="fail when a plugin cannot be loaded (also TUNEFORGE_STRICT_PLUGINS=1)")
+    p.add_argument(
+        "--disable-plugin",
+        "-p",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="do not load this plugin (repeatable; also TUNEFORGE_DISABLE_PLUGINS=a,b)",
+    )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE_OR_MODULE",
+        help="load hook implementations from a local .py file or module (repeatable)",
+    )
+    p.add_argument(
+        "--strict-plugins",
+        action="store_true",
+        default=None,
+        help="fail when a plugin cannot be loaded (also TUNEFORGE_STRICT_PLUGINS=1)",
+    )
 
 
 def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune models the right way.")
+    parser = argparse.ArgumentParser(
+        prog="tuneforge", description="Fine-tune models the right way."
+    )
     parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -39,8 +56,14 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
 
     p = sub.add_parser("run", help="run a config: validate, split, balance, train, evaluate")
     p.add_argument("config", type=Path)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a config key, e.g. --set trainer.lr=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a config key, e.g. --set trainer.lr=1e-4 (repeatable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     _add_plugin_args(p)
 
@@ -52,9 +75,20 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
 
     p = sub.add_parser("predict", help="predict with a finished run's checkpoint")
     p.add_argument("run_dir", type=Path, metavar="RUN")
-    p.add_argument("--input", "-i", type=Path, required=True, help="CSV/TSV/JSONL/Parquet with the input columns")
-    p.add_argument("--output", "-o", type=Path, default=None,
-                   help="where to write predictions (default RUN/predictions/<input>.csv)")
+    p.add_argument(
+        "--input",
+        "-i",
+        type=Path,
+        required=True,
+        help="CSV/TSV/JSONL/Parquet with the input columns",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=None,
+        help="where to write predictions (default RUN/predictions/<input>.csv)",
+    )
     _add_plugin_args(p)
 
     p = sub.add_parser("plugins", help="list installed plugins, their hooks and components")
@@ -82,8 +116,9 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
 def _manager(args: argparse.Namespace, cfg: Any = None, base_dir: Path | None = None) -> Any:
     from tuneforge.pipeline import make_plugin_manager
 
-    return make_plugin_manager(cfg, base_dir, disable=args.disable_plugin, local=args.plugin,
-                               strict=args.strict_plugins)
+    return make_plugin_manager(
+        cfg, base_dir, disable=args.disable_plugin, local=args.plugin, strict=args.strict_plugins
+    )
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Path, dict[str, Any], list[tuple[str, Any]]]:
@@ -113,9 +148,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     data = run_validators(prep)
     split = split_data(prep, data)
     report = {
-        "source": data.source, "rows_loaded": len(prep.data), "rows_kept": len(data),
-        "findings": [f.as_dict() for f in prep.findings], "split": split.sizes(), "split_notes": split.notes,
-        "class_counts": {s: class_counts(data, getattr(split, s)) for s in ("train", "val", "test")},
+        "source": data.source,
+        "rows_loaded": len(prep.data),
+        "rows_kept": len(data),
+        "findings": [f.as_dict() for f in prep.findings],
+        "split": split.sizes(),
+        "split_notes": split.notes,
+        "class_counts": {
+            s: class_counts(data, getattr(split, s)) for s in ("train", "val", "test")
+        },
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -166,8 +207,23 @@ def cmd_components(args: argparse.Namespace) -> int:
     pm = _manager(args)
     regs = [pm.registries[args.kind]] if args.kind else list(pm.registries)
     if args.json:
-        print(json.dumps({r.kind: [{"name": e.name, "plugin": e.plugin, "target": e.target_repr,
-                                    "description": e.summary()} for e in r] for r in regs}, indent=2))
+        print(
+            json.dumps(
+                {
+                    r.kind: [
+                        {
+                            "name": e.name,
+                            "plugin": e.plugin,
+                            "target": e.target_repr,
+                            "description": e.summary(),
+                        }
+                        for e in r
+                    ]
+                    for r in regs
+                },
+                indent=2,
+            )
+        )
         return 0
     for reg in regs:
         if not len(reg) and not args.kind:
@@ -187,8 +243,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"run": cmd_run, "validate": cmd_validate, "predict": cmd_predict, "plugins": cmd_plugins,
-            "components": cmd_components, "config": cmd_config}
+HANDLERS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "predict": cmd_predict,
+    "plugins": cmd_plugins,
+    "components": cmd_components,
+    "config": cmd_config,
+}
 
 
 def _plugin_commands(argv: list[str]) -> dict[str, Any]:
@@ -216,14 +278,20 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"tuneforge: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tuneforge plugins | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("tuneforge: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        print(f"tuneforge: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"tuneforge: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

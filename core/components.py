@@ -47,8 +47,9 @@ class Component:
 class Finding:
     """One data-quality observation.
 
-    ``rows`` are positional row numbers in the loaded data (0-based, as in the file without
-    its header). ``drop`` lists the rows the ``drop`` policy removes (defaults to ``rows``).
+    ``rows`` are row labels of the loaded data's index: the 0-based data row in the source
+    file (without its header), which stays the same after other rows are dropped. ``drop``
+    lists the rows the ``drop`` policy removes (defaults to ``rows``).
     """
 
     kind: str

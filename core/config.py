@@ -57,7 +57,9 @@ def raise_validation_error(exc: ValidationError, prefix: str = "", model: Any = 
         allowed = _fields_at(model, loc[:-1]) if model is not None else None
         if allowed:
             close = difflib.get_close_matches(key.split("[")[0], allowed, n=1)
-            msg += f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(allowed)}"
+            msg += (
+                f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(allowed)}"
+            )
     elif "input" in err and err.get("type") not in ("missing",):
         msg += f" (got {err['input']!r})"
     raise ConfigError(path or "config", msg) from None
@@ -137,9 +139,13 @@ class TrainerConfig(Strict):
         "auto", description="auto: bf16 autocast on CUDA when supported, fp32 on CPU"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    monitor: str = Field("loss", description="validation metric for best checkpoint and early stopping")
+    monitor: str = Field(
+        "loss", description="validation metric for best checkpoint and early stopping"
+    )
     monitor_mode: Literal["auto", "min", "max"] = "auto"
-    early_stopping_patience: int | None = Field(3, ge=1, description="epochs without improvement; null disables")
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="epochs without improvement; null disables"
+    )
     early_stopping_min_delta: float = Field(0.0, ge=0)
     num_workers: int = Field(0, ge=0)
     log_every_n_steps: int = Field(10, ge=1)
@@ -154,7 +160,8 @@ class OutputConfig(Strict):
 class PluginsConfig(Strict):
     disable: list[str] = Field(default_factory=list, description="plugin names not to load")
     local: list[str] = Field(
-        default_factory=list, description="hook implementation files (.py, relative to the config) or modules"
+        default_factory=list,
+        description="hook implementation files (.py, relative to the config) or modules",
     )
 
 
@@ -168,7 +175,9 @@ class Distribution(Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Distribution:
-        set_ = [k for k in ("choice", "uniform", "loguniform", "int") if getattr(self, k) is not None]
+        set_ = [
+            k for k in ("choice", "uniform", "loguniform", "int") if getattr(self, k) is not None
+        ]
         if len(set_) != 1:
             raise ValueError("give exactly one of choice, uniform, loguniform, int")
         kind = set_[0]
@@ -184,7 +193,9 @@ class Distribution(Strict):
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("choice", "uniform", "loguniform", "int") if getattr(self, k) is not None)
+        return next(
+            k for k in ("choice", "uniform", "loguniform", "int") if getattr(self, k) is not None
+        )
 
 
 class TunerRef(ComponentRef):
@@ -221,7 +232,9 @@ class RunConfig(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 
-    @field_validator("validators", "augmenters", "preprocessors", "metrics", "callbacks", mode="before")
+    @field_validator(
+        "validators", "augmenters", "preprocessors", "metrics", "callbacks", mode="before"
+    )
     @classmethod
     def _list(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, dict)) else value
@@ -260,10 +273,14 @@ def _check_core_key(parts: list[str | int], key: str) -> None:
             return
         fields = model.model_fields
         if part not in fields:
-            if model is ComponentRef or (isinstance(model, type) and issubclass(model, ComponentRef)):
+            if model is ComponentRef or (
+                isinstance(model, type) and issubclass(model, ComponentRef)
+            ):
                 return  # component parameter: its own Config validates it
             close = difflib.get_close_matches(str(part), list(fields), n=1)
-            hint = f" (did you mean {'.'.join(map(str, parts[:i] + [close[0]]))!r}?)" if close else ""
+            hint = (
+                f" (did you mean {'.'.join(map(str, parts[:i] + [close[0]]))!r}?)" if close else ""
+            )
             raise ConfigError(f"--set {key}", f"no such key{hint}")
         ann = fields[part].annotation
         model = _model_in(ann)
@@ -337,7 +354,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError("", f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            "", f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     if raw is None:
         raise ConfigError("", f"{path}: the config is empty")
     if not isinstance(raw, dict):

@@ -12,8 +12,15 @@ import pandas as pd
 from tuneforge.errors import DataError
 
 TABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
-_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-             ".parquet": "parquet", ".pq": "parquet"}
+_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 def infer_format(path: Path, fmt: str = "auto") -> str:
@@ -28,7 +35,9 @@ def infer_format(path: Path, fmt: str = "auto") -> str:
         ) from None
 
 
-def read_table(path: Path, fmt: str = "auto", options: dict[str, Any] | None = None) -> pd.DataFrame:
+def read_table(
+    path: Path, fmt: str = "auto", options: dict[str, Any] | None = None
+) -> pd.DataFrame:
     """Read a CSV/TSV/JSONL/Parquet file into a DataFrame whose index is the 0-based data row."""
     options = dict(options or {})
     if not path.exists():
@@ -47,7 +56,9 @@ def read_table(path: Path, fmt: str = "auto", options: dict[str, Any] | None = N
         elif fmt == "parquet":
             frame = pd.read_parquet(path, **options)
         else:
-            raise DataError(f"{path}: unknown format {fmt!r}; use one of {', '.join(TABLE_FORMATS)}")
+            raise DataError(
+                f"{path}: unknown format {fmt!r}; use one of {', '.join(TABLE_FORMATS)}"
+            )
     except DataError:
         raise
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as exc:

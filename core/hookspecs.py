@@ -112,8 +112,8 @@ def register_metrics(register: Register) -> None:
 def register_callbacks(register: Register) -> None:
     """Register callbacks selected by name in ``callbacks:`` (loggers, trackers).
 
-    A callback object implements any of the lifecycle hooks below as plain methods; it is
-    registered with the plugin manager for the duration of the run.
+    A callback object implements any of the lifecycle hooks below as methods marked
+    ``@tuneforge.hookimpl``; it is registered with the plugin manager for the duration of the run.
 
     :param register: ``register(name, target, description="")``.
     """
@@ -173,6 +173,7 @@ def on_run_end(run: RunContext, metrics: dict[str, float], status: str) -> None:
     """Called once when the run ends, successfully or not.
 
     :param run: the run context.
-    :param metrics: the final metrics (test metrics on success, possibly empty otherwise).
-    :param status: ``"completed"`` or ``"failed"``.
+    :param metrics: the final metrics: test metrics when completed, the best validation metrics
+        for a tuner trial (``"trained"``: trials are never tested), empty when failed.
+    :param status: ``"completed"``, ``"trained"`` (a tuner trial) or ``"failed"``.
     """

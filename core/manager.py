@@ -99,9 +99,7 @@ class PluginManager:
         if src.name in self.infos:
             # Two distributions declare the same plugin name: refuse the second.
             first = self.infos[src.name]
-            info.error = (
-                f"plugin name {src.name!r} is declared by {first.distribution} and {src.distribution}"
-            )
+            info.error = f"plugin name {src.name!r} is declared by {first.distribution} and {src.distribution}"
             self._failed(info, None)
             return
         self.infos[src.name] = info
@@ -121,10 +119,13 @@ class PluginManager:
         path = Path(spec)
         if not path.is_absolute() and base_dir is not None and spec.endswith(".py"):
             path = base_dir / path
-        info = PluginInfo(name=spec, source="local", target=str(path) if spec.endswith(".py") else spec)
-        if spec in self.disabled:
+        info = PluginInfo(
+            name=spec, source="local", target=str(path) if spec.endswith(".py") else spec
+        )
+        if spec in self.disabled or (spec.endswith(".py") and path.stem in self.disabled):
             info.disabled = True
-            self.infos[spec] = info
+            info.name = path.stem if spec.endswith(".py") else spec
+            self.infos[info.name] = info
             return
         try:
             if spec.endswith(".py") or os.sep in spec:
@@ -143,7 +144,9 @@ class PluginManager:
                 f"local plugin {spec!r} failed to import: {type(exc).__name__}: {exc}"
             ) from exc
         if info.name in self.infos and not self.infos[info.name].disabled:
-            raise PluginError(f"local plugin {spec!r}: a plugin named {info.name!r} is already loaded")
+            raise PluginError(
+                f"local plugin {spec!r}: a plugin named {info.name!r} is already loaded"
+            )
         self.infos[info.name] = info
         self._register(info, module)
 
@@ -151,7 +154,15 @@ class PluginManager:
         try:
             self.pm.register(obj, name=info.name)
         except Exception as exc:  # pluggy validates hook names and signatures
-            info.error = f"{type(exc).__name__}: {exc}"
+            first = (str(exc).strip().splitlines() or [""])[0]
+            info.error = f"{type(exc).__name__}: {first}"
+            self._failed(info, exc)
+            return
+        try:
+            self.pm.check_pending()  # a misspelt hook name (register_metric) is an error
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(obj)
+            info.error = str(exc).strip().splitlines()[0]
             self._failed(info, exc)
             return
         info.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(obj) or [])
@@ -160,7 +171,7 @@ class PluginManager:
         self.infos.setdefault(info.name, info)
         if self.infos[info.name] is not info:
             self.infos[f"{info.name} ({info.distribution})"] = info
-        if self.strict:
+        if self.strict or info.source == "local":  # a file the user named must work
             raise PluginError(f"plugin {info.name!r} failed to load: {info.error}") from exc
         print(
             f"tuneforge: warning: plugin {info.name!r} failed to load and is skipped: {info.error}",
@@ -189,7 +200,8 @@ class PluginManager:
                     info.error = msg
                     print(f"tuneforge: warning: {msg}", file=sys.stderr)
         for info in self.infos.values():
-            info.components = regs.by_plugin(info.name)
+            if not info.disabled and self.pm.get_plugin(info.name) is not None:
+                info.components = regs.by_plugin(info.name)
         return regs
 
     @property

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 import tuneforge
 from tuneforge.components import BalancePlan, Finding, Trial
@@ -19,7 +20,7 @@ from tuneforge.config import ComponentRef, RunConfig, build_config, dump_config,
 from tuneforge.data import TaskData
 from tuneforge.errors import ConfigError, DataError, UserError
 from tuneforge.manager import PluginManager
-from tuneforge.run import RunContext, RunFolder, atomic_write_text, to_json
+from tuneforge.run import RunContext, RunFolder, atomic_write_text
 from tuneforge.split import Split, make_split
 
 Log = Callable[[str], None]
@@ -47,10 +48,24 @@ class Prepared:
     findings: list[Finding] = field(default_factory=list)
 
 
-def make_plugin_manager(cfg: RunConfig | None, base_dir: Path | None, disable: list[str] = (),
-                        local: list[str] = (), strict: bool | None = None) -> PluginManager:
+def resolve_local(spec: str, base_dir: Path | None) -> str:
+    """A local plugin ``.py`` path made absolute (module names are left alone)."""
+    if not spec.endswith(".py") or base_dir is None:
+        return spec
+    path = Path(spec).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+
+def make_plugin_manager(
+    cfg: RunConfig | None,
+    base_dir: Path | None,
+    disable: list[str] = (),
+    local: list[str] = (),
+    strict: bool | None = None,
+) -> PluginManager:
     dis = list(disable) + (cfg.plugins.disable if cfg else [])
-    loc = (cfg.plugins.local if cfg else []) + list(local)
+    loc = [resolve_local(s, base_dir) for s in (cfg.plugins.local if cfg else [])]
+    loc += [resolve_local(s, Path.cwd()) for s in local]
     return PluginManager(disable=dis, local=loc, base_dir=base_dir, strict=strict)
 
 
@@ -71,12 +86,18 @@ def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
     task = instantiate(regs, "tasks", ComponentRef(name=cfg.task), "task")
     task.name = cfg.task
     cfg = _with_defaults(cfg, task.defaults())
-    validators = [(ref, instantiate(regs, "validators", ref, f"validators[{i}]"))
-                  for i, ref in enumerate(cfg.validators or [])]
+    validators = [
+        (ref, instantiate(regs, "validators", ref, f"validators[{i}]"))
+        for i, ref in enumerate(cfg.validators or [])
+    ]
     balancer = instantiate(regs, "balancers", cfg.balancer, "balancer")
-    augmenters = [instantiate(regs, "augmenters", r, f"augmenters[{i}]") for i, r in enumerate(cfg.augmenters)]
-    preprocessors = [instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
-                     for i, r in enumerate(cfg.preprocessors)]
+    augmenters = [
+        instantiate(regs, "augmenters", r, f"augmenters[{i}]") for i, r in enumerate(cfg.augmenters)
+    ]
+    preprocessors = [
+        instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
+        for i, r in enumerate(cfg.preprocessors)
+    ]
     if cfg.tokenizer is None or cfg.model is None:
         missing = "tokenizer" if cfg.tokenizer is None else "model"
         raise ConfigError(missing, f"required: task {cfg.task!r} has no default {missing}")
@@ -86,28 +107,57 @@ def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
     for i, ref in enumerate(cfg.metrics or []):
         metric = instantiate(regs, "metrics", ref, f"metrics[{i}]")
         if metric.problem not in ("any", task.problem):
-            raise ConfigError(f"metrics[{i}].name", f"{ref.name!r} is a {metric.problem} metric; "
-                              f"task {cfg.task!r} is {task.problem}")
+            raise ConfigError(
+                f"metrics[{i}].name",
+                f"{ref.name!r} is a {metric.problem} metric; task {cfg.task!r} is {task.problem}",
+            )
         metrics[ref.name] = metric
-    callbacks = [instantiate(regs, "callbacks", r, f"callbacks[{i}]") for i, r in enumerate(cfg.callbacks)]
+    callbacks = [
+        instantiate(regs, "callbacks", r, f"callbacks[{i}]") for i, r in enumerate(cfg.callbacks)
+    ]
     monitor = cfg.trainer.monitor
     if monitor != "loss" and monitor not in metrics:
-        raise ConfigError("trainer.monitor", f"{monitor!r} is not computed; choose loss or one of the "
-                          f"metrics: {', '.join(metrics) or 'none'}")
+        raise ConfigError(
+            "trainer.monitor",
+            f"{monitor!r} is not computed; choose loss or one of the "
+            f"metrics: {', '.join(metrics) or 'none'}",
+        )
     mode = cfg.trainer.monitor_mode
     if mode == "auto":
-        mode = "min" if monitor == "loss" else ("max" if metrics[monitor].greater_is_better else "min")
+        mode = (
+            "min" if monitor == "loss" else ("max" if metrics[monitor].greater_is_better else "min")
+        )
     data = task.load(cfg.data, base_dir)
     modalities = set(data.modalities.values())
-    for i, (ref, comp) in enumerate(zip(cfg.augmenters + cfg.preprocessors, augmenters + preprocessors)):
+    for i, (ref, comp) in enumerate(
+        zip(cfg.augmenters + cfg.preprocessors, augmenters + preprocessors, strict=True)
+    ):
         mods = set(getattr(comp, "modalities", ()))
         if mods and not mods & modalities:
             section = "augmenters" if i < len(augmenters) else "preprocessors"
             j = i if i < len(augmenters) else i - len(augmenters)
-            raise ConfigError(f"{section}[{j}].name", f"{ref.name!r} works on {sorted(mods)} inputs; "
-                              f"task {cfg.task!r} has {sorted(modalities)}")
-    return Prepared(cfg, base_dir, pm, task, data, validators, balancer, augmenters, preprocessors,
-                    tokenizer, model_builder, metrics, callbacks, monitor, mode)
+            raise ConfigError(
+                f"{section}[{j}].name",
+                f"{ref.name!r} works on {sorted(mods)} inputs; "
+                f"task {cfg.task!r} has {sorted(modalities)}",
+            )
+    return Prepared(
+        cfg,
+        base_dir,
+        pm,
+        task,
+        data,
+        validators,
+        balancer,
+        augmenters,
+        preprocessors,
+        tokenizer,
+        model_builder,
+        metrics,
+        callbacks,
+        monitor,
+        mode,
+    )
 
 
 def run_validators(prep: Prepared) -> TaskData:
@@ -119,7 +169,9 @@ def run_validators(prep: Prepared) -> TaskData:
         for f in validator.check(data, prep.task):
             f.validator = ref.name
             if policy == "fail" and f.severity != "info" and (f.rows or f.severity == "error"):
-                raise DataError(f"{data.source}: validators[{i}] ({ref.name}, policy fail): {f.message}")
+                raise DataError(
+                    f"{data.source}: validators[{i}] ({ref.name}, policy fail): {f.message}"
+                )
             if policy == "drop" and (f.drop if f.drop is not None else f.rows):
                 drop = f.drop if f.drop is not None else f.rows
                 keep = data.frame.index.difference(drop)
@@ -130,13 +182,17 @@ def run_validators(prep: Prepared) -> TaskData:
             findings.append(f)
     prep.findings = findings
     if len(data) == 0:
-        raise DataError(f"{data.source}: no rows left after validation (the validators dropped all "
-                        f"{len(prep.data)} rows); see their policies")
+        raise DataError(
+            f"{data.source}: no rows left after validation (the validators dropped all "
+            f"{len(prep.data)} rows); see their policies"
+        )
     if data.classes is not None:
         left = data.frame[data.target].nunique()
         if left < 2:
-            raise DataError(f"{data.source}: only {left} class left after validation; classification "
-                            "needs at least two")
+            raise DataError(
+                f"{data.source}: only {left} class left after validation; classification "
+                "needs at least two"
+            )
     return data
 
 
@@ -151,7 +207,9 @@ def split_data(prep: Prepared, data: TaskData) -> Split:
     groups = None
     if s.group_duplicates and hasattr(prep.task, "content_keys"):
         groups = prep.task.content_keys(data).to_numpy()
-    return make_split(data.frame.index, s.train, s.val, s.test, s.seed, strata=strata, groups=groups)
+    return make_split(
+        data.frame.index, s.train, s.val, s.test, s.seed, strata=strata, groups=groups
+    )
 
 
 def class_counts(data: TaskData, rows: np.ndarray) -> dict[str, int]:
@@ -159,13 +217,16 @@ def class_counts(data: TaskData, rows: np.ndarray) -> dict[str, int]:
         return {}
     ids = data.subset(rows).label_ids()
     counts = np.bincount(ids, minlength=len(data.classes))
-    return {str(c): int(n) for c, n in zip(data.classes, counts)}
+    return {str(c): int(n) for c, n in zip(data.classes, counts, strict=True)}
 
 
 def evaluate_metrics(prep: Prepared, logits: Any, labels: Any, loss_fn: Any) -> dict[str, float]:
-    import torch
 
-    out = {"loss": float(loss_fn(logits, labels.to(logits.device)).item())} if labels is not None else {}
+    out = (
+        {"loss": float(loss_fn(logits, labels.to(logits.device)).item())}
+        if labels is not None
+        else {}
+    )
     y_pred, y_score = prep.task.predictions(logits)
     y_true = labels.numpy()
     for name, metric in prep.metrics.items():
@@ -173,7 +234,9 @@ def evaluate_metrics(prep: Prepared, logits: Any, labels: Any, loss_fn: Any) -> 
     return out
 
 
-def majority_baseline(data: TaskData, train_rows: np.ndarray, test_rows: np.ndarray) -> float | None:
+def majority_baseline(
+    data: TaskData, train_rows: np.ndarray, test_rows: np.ndarray
+) -> float | None:
     if data.classes is None:
         return None
     train_ids = data.subset(train_rows).label_ids()
@@ -206,23 +269,51 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
     train_rows = split.train if plan.indices is None else split.train[plan.indices]
     sizes = {"train": len(train_rows), "val": len(split.val), "test": len(split.test)}
     log(f"split {split.sizes()} (train after balancing: {len(train_rows)}); balancer: {plan.note}")
-    ctx = RunContext(config=cfg, run_dir=folder.path, final_dir=folder.final, task=cfg.task,
-                     problem=task.problem, classes=data.classes, split_sizes=sizes,
-                     findings=[f.as_dict() for f in prep.findings], trial=trial)
+    ctx = RunContext(
+        config=cfg,
+        run_dir=folder.path,
+        final_dir=folder.final,
+        task=cfg.task,
+        problem=task.problem,
+        classes=data.classes,
+        split_sizes=sizes,
+        findings=[f.as_dict() for f in prep.findings],
+        trial=trial,
+    )
     resolved = dump_config(cfg)
     resolved["data"]["path"] = str(Path(data.source).resolve())
+    resolved["plugins"]["local"] = [resolve_local(s, prep.base_dir) for s in cfg.plugins.local]
     folder.write_yaml("config.yaml", resolved)
-    folder.write_json("findings.json", {"findings": [f.as_dict() for f in prep.findings],
-                                        "rows_loaded": len(prep.data), "rows_kept": len(data)})
-    folder.write_json("split.json", {
-        **split.as_dict(),
-        "balanced_train": [int(i) for i in train_rows],
-        "class_counts": {"train": class_counts(data, split.train), "val": class_counts(data, split.val),
-                         "test": class_counts(data, split.test),
-                         "train_balanced": class_counts(data, train_rows)},
-    })
-    folder.write_json("labels.json", {"classes": data.classes, "label_column": data.target,
-                                      "inputs": data.inputs, "problem": task.problem})
+    folder.write_json(
+        "findings.json",
+        {
+            "findings": [f.as_dict() for f in prep.findings],
+            "rows_loaded": len(prep.data),
+            "rows_kept": len(data),
+        },
+    )
+    folder.write_json(
+        "split.json",
+        {
+            **split.as_dict(),
+            "balanced_train": [int(i) for i in train_rows],
+            "class_counts": {
+                "train": class_counts(data, split.train),
+                "val": class_counts(data, split.val),
+                "test": class_counts(data, split.test),
+                "train_balanced": class_counts(data, train_rows),
+            },
+        },
+    )
+    folder.write_json(
+        "labels.json",
+        {
+            "classes": data.classes,
+            "label_column": data.target,
+            "inputs": data.inputs,
+            "problem": task.problem,
+        },
+    )
     for cb in prep.callbacks:
         prep.pm.pm.register(cb)
     hook = prep.pm.hook
@@ -233,12 +324,15 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         trainer = Trainer(cfg.trainer, log=log)
         task.prepare(prep.tokenizer, prep.model_builder)
         seed = cfg.trainer.seed
-        train_set = task.make_dataset(data, train_rows, prep.tokenizer, prep.preprocessors, prep.augmenters, seed)
+        train_set = task.make_dataset(
+            data, train_rows, prep.tokenizer, prep.preprocessors, prep.augmenters, seed
+        )
         val_set = task.make_dataset(data, split.val, prep.tokenizer, prep.preprocessors, [], seed)
         collate = task.collate_fn(prep.tokenizer, trainer.on_cuda)
         model = task.build_model(prep.model_builder, data, prep.tokenizer)
         loss_fn = task.loss_fn(plan.class_weights)
         eval_loss = task.loss_fn(None)
+
         def ckpt_dir() -> Path:  # the folder is renamed when it is committed
             return folder.path / "checkpoint"
 
@@ -268,30 +362,63 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
             for key, value in row.items():
                 if key != "epoch":
                     split_name, _, name = key.partition(".")
-                    folder.log_history({"step": None, "epoch": epoch, "split": split_name, "name": name,
-                                        "value": value, "time": now})
+                    folder.log_history(
+                        {
+                            "step": None,
+                            "epoch": epoch,
+                            "split": split_name,
+                            "name": name,
+                            "value": value,
+                            "time": now,
+                        }
+                    )
             hook.on_epoch_end(run=ctx, epoch=epoch, metrics=row)
 
         def on_log(step: int, values: dict[str, float]) -> None:
             now = time.time()
             for key, value in values.items():
                 split_name, _, name = key.rpartition(".")
-                folder.log_history({"step": step, "epoch": None, "split": split_name or "train",
-                                    "name": name, "value": value, "time": now})
+                folder.log_history(
+                    {
+                        "step": step,
+                        "epoch": None,
+                        "split": split_name or "train",
+                        "name": name,
+                        "value": value,
+                        "time": now,
+                    }
+                )
             hook.on_log(run=ctx, step=step, values=values)
 
-        result = trainer.fit(model, train_set, val_set, collate, loss_fn, evaluate, prep.monitor, prep.mode,
-                             save_best, on_epoch_end=on_epoch_end, on_log=on_log,
-                             sample_weights=None if plan.sample_weights is None
-                             else plan.sample_weights[plan.indices] if plan.indices is not None
-                             else plan.sample_weights)
+        result = trainer.fit(
+            model,
+            train_set,
+            val_set,
+            collate,
+            loss_fn,
+            evaluate,
+            prep.monitor,
+            prep.mode,
+            save_best,
+            on_epoch_end=on_epoch_end,
+            on_log=on_log,
+            sample_weights=None
+            if plan.sample_weights is None
+            else plan.sample_weights[plan.indices]
+            if plan.indices is not None
+            else plan.sample_weights,
+        )
         if not ckpt.exists():
             raise UserError(f"no checkpoint was saved: val.{prep.monitor} was never finite")
         best_row = result.history[(result.best_epoch or 1) - 1]
         train_metrics = {
-            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "monitor": f"val.{prep.monitor}", "monitor_mode": prep.mode, "best_value": result.best_value,
-            "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "monitor": f"val.{prep.monitor}",
+            "monitor_mode": prep.mode,
+            "best_value": result.best_value,
+            "stopped_early": result.stopped_early,
+            "stop_reason": result.stop_reason,
             "train_seconds": result.seconds,
             "val": {k[4:]: v for k, v in best_row.items() if k.startswith("val.")},
         }
@@ -299,7 +426,9 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         def evaluate_test() -> dict[str, float]:
             best_model = task.load_artifacts(ckpt_dir(), prep.tokenizer, prep.model_builder)
             best_model = trainer.prepare_model(best_model)
-            test_set = task.make_dataset(data, split.test, prep.tokenizer, prep.preprocessors, [], seed)
+            test_set = task.make_dataset(
+                data, split.test, prep.tokenizer, prep.preprocessors, [], seed
+            )
             logits, labels = trainer.predict(best_model, trainer.loader(test_set, collate))
             metrics = evaluate_metrics(prep, logits, labels, eval_loss)
             base = majority_baseline(data, split.train, split.test)
@@ -317,25 +446,51 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
             prep.pm.pm.unregister(cb)
 
 
-def finish(outcome: Outcome, prep: Prepared, log: Log, started: float, extra: dict[str, Any] | None = None) -> Path:
+def finish(
+    outcome: Outcome, prep: Prepared, log: Log, started: float, extra: dict[str, Any] | None = None
+) -> Path:
     """Evaluate the best checkpoint on test once, write metrics and commit the folder."""
     import torch
 
     assert outcome.evaluate_test is not None
-    test = outcome.evaluate_test()
+    try:
+        test = outcome.evaluate_test()
+    except BaseException:
+        prep.pm.hook.on_run_end(run=outcome.context, metrics={}, status="failed")
+        raise
     metrics = {**outcome.train_metrics, "test": test, **(extra or {})}
     folder = outcome.folder
     folder.write_json("metrics.json", metrics)
     for name, value in test.items():
-        folder.log_history({"step": None, "epoch": None, "split": "test", "name": name, "value": value,
-                            "time": time.time()})
-    folder.write_json("run.json", {
-        "status": "completed", "tuneforge": tuneforge.__version__, "task": prep.config.task,
-        "started": started, "finished": time.time(), "seconds": time.time() - started,
-        "python": platform.python_version(), "torch": torch.__version__,
-        "device": "cuda" if torch.cuda.is_available() and prep.config.trainer.device != "cpu" else "cpu",
-        "plugins": sorted(i.name for i in prep.pm.infos.values() if not i.disabled and not i.error),
-    })
+        folder.log_history(
+            {
+                "step": None,
+                "epoch": None,
+                "split": "test",
+                "name": name,
+                "value": value,
+                "time": time.time(),
+            }
+        )
+    folder.write_json(
+        "run.json",
+        {
+            "status": "completed",
+            "tuneforge": tuneforge.__version__,
+            "task": prep.config.task,
+            "started": started,
+            "finished": time.time(),
+            "seconds": time.time() - started,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": "cuda"
+            if torch.cuda.is_available() and prep.config.trainer.device != "cpu"
+            else "cpu",
+            "plugins": sorted(
+                i.name for i in prep.pm.infos.values() if not i.disabled and not i.error
+            ),
+        },
+    )
     prep.pm.hook.on_run_end(run=outcome.context, metrics=test, status="completed")
     final = folder.commit()
     shown = "  ".join(f"{k} {v:.4f}" for k, v in test.items())
@@ -344,8 +499,15 @@ def finish(outcome: Outcome, prep: Prepared, log: Log, started: float, extra: di
     return final
 
 
-def run(cfg: RunConfig, base_dir: Path, pm: PluginManager, log: Log, overwrite: bool = False,
-        raw: dict[str, Any] | None = None, overrides: list[tuple[str, Any]] = ()) -> Path:
+def run(
+    cfg: RunConfig,
+    base_dir: Path,
+    pm: PluginManager,
+    log: Log,
+    overwrite: bool = False,
+    raw: dict[str, Any] | None = None,
+    overrides: list[tuple[str, Any]] = (),
+) -> Path:
     """Run a config end to end (or a hyperparameter study when ``tuner`` is set)."""
     started = time.time()
     prep = prepare(cfg, base_dir, pm)
@@ -365,14 +527,24 @@ def _space_probes(dist: Any) -> list[Any]:
     return list(dist.choice) if kind == "choice" else list(getattr(dist, kind))
 
 
-def run_study(prep: Prepared, raw: dict[str, Any], overrides: list[tuple[str, Any]], log: Log,
-              overwrite: bool, started: float) -> Path:
+def run_study(
+    prep: Prepared,
+    raw: dict[str, Any],
+    overrides: list[tuple[str, Any]],
+    log: Log,
+    overwrite: bool,
+    started: float,
+) -> Path:
     """A tuner study: each trial is a run folder under ``trials/``; the best is tested once."""
     cfg = prep.config
     assert cfg.tuner is not None
     tuner_ref = cfg.tuner
-    tuner = instantiate(prep.pm.registries, "tuners",
-                        ComponentRef.model_validate({"name": tuner_ref.name, **tuner_ref.params}), "tuner")
+    tuner = instantiate(
+        prep.pm.registries,
+        "tuners",
+        ComponentRef.model_validate({"name": tuner_ref.name, **tuner_ref.params}),
+        "tuner",
+    )
     if not tuner_ref.space:
         raise ConfigError("tuner.space", "empty: give at least one key to search, e.g. trainer.lr")
     if hasattr(tuner, "validate_space"):
@@ -381,13 +553,18 @@ def run_study(prep: Prepared, raw: dict[str, Any], overrides: list[tuple[str, An
         except ValueError as exc:
             raise ConfigError("tuner.space", str(exc)) from None
     base_raw = {k: v for k, v in raw.items() if k != "tuner"}
+    base_overrides = [(k, v) for k, v in overrides if not k.startswith("tuner")]
     for key, dist in tuner_ref.space.items():
         # Every searched key must exist and accept the range's values.
         for value in _space_probes(dist):
             try:
-                prepare(build_config(base_raw, list(overrides) + [(key, value)]), prep.base_dir, prep.pm)
+                prepare(
+                    build_config(base_raw, base_overrides + [(key, value)]), prep.base_dir, prep.pm
+                )
             except ConfigError as exc:
-                raise ConfigError(f"tuner.space.{key}", f"value {value!r} is not valid: {exc}") from None
+                raise ConfigError(
+                    f"tuner.space.{key}", f"value {value!r} is not valid: {exc}"
+                ) from None
     study = RunFolder(cfg.output.dir, overwrite=overwrite or cfg.output.overwrite)
     best: dict[str, Any] = {"outcome": None, "prep": None, "trial": None}
     sign = 1 if prep.mode == "max" else -1
@@ -396,7 +573,7 @@ def run_study(prep: Prepared, raw: dict[str, Any], overrides: list[tuple[str, An
         t0 = time.time()
         trial_raw = copy.deepcopy(raw)
         trial_raw.pop("tuner", None)
-        trial_cfg = build_config(trial_raw, list(overrides) + list(trial.params.items()))
+        trial_cfg = build_config(trial_raw, base_overrides + list(trial.params.items()))
         trial_cfg.output.dir = study.path / "trials" / f"trial_{trial.number:03d}"
         log(f"trial {trial.number}: {trial.params}")
         trial_prep = prepare(trial_cfg, prep.base_dir, prep.pm)
@@ -409,46 +586,67 @@ def run_study(prep: Prepared, raw: dict[str, Any], overrides: list[tuple[str, An
             log(f"trial {trial.number} failed: {exc}")
             return float("nan")
         folder.write_json("metrics.json", outcome.train_metrics)
-        folder.write_json("run.json", {"status": "trained", "trial": trial.number, "params": trial.params})
+        folder.write_json(
+            "run.json", {"status": "trained", "trial": trial.number, "params": trial.params}
+        )
         folder.commit()
+        trial_prep.pm.hook.on_run_end(
+            run=outcome.context, metrics=outcome.train_metrics["val"], status="trained"
+        )
         trial.value = outcome.best_value
         trial.state = "complete"
         trial.seconds = time.time() - t0
         trial.run_dir = str(study.final / "trials" / f"trial_{trial.number:03d}")
         current = best["trial"]
-        if trial.value is not None and (current is None or sign * trial.value > sign * current.value):
+        if trial.value is not None and (
+            current is None or sign * trial.value > sign * current.value
+        ):
             best.update(outcome=outcome, prep=trial_prep, trial=trial)
         return trial.value if trial.value is not None else float("nan")
 
     try:
         trials = tuner.search(tuner_ref.space, objective, prep.mode)
-        rows = [{"number": t.number, **{f"params.{k}": v for k, v in t.params.items()},
-                 f"val.{prep.monitor}": t.value, "state": t.state, "seconds": round(t.seconds, 2)}
-                for t in trials]
+        rows = [
+            {
+                "number": t.number,
+                **{f"params.{k}": v for k, v in t.params.items()},
+                f"val.{prep.monitor}": t.value,
+                "state": t.state,
+                "seconds": round(t.seconds, 2),
+            }
+            for t in trials
+        ]
         import pandas as pd
 
         atomic_write_text(study.path / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
         if best["trial"] is None:
             raise UserError("every trial failed; see the messages above")
         winner: Trial = best["trial"]
-        log(f"best trial {winner.number}: val.{prep.monitor} {winner.value:.4f} with {winner.params}")
-        best_raw = copy.deepcopy(raw)
-        best_raw.pop("tuner", None)
-        best_cfg = build_config(best_raw, list(overrides) + list(winner.params.items()))
-        best_yaml = dump_config(best_cfg)
+        log(
+            f"best trial {winner.number}: val.{prep.monitor} {winner.value:.4f} with {winner.params}"
+        )
+        # The winner's resolved config (absolute paths), ready to run on its own.
+        trial_dir = study.path / "trials" / f"trial_{winner.number:03d}"
+        best_yaml = yaml.safe_load((trial_dir / "config.yaml").read_text())
+        best_yaml["output"]["dir"] = str(study.final.parent / f"{study.final.name}-best")
         best_yaml.pop("tuner", None)
         study.write_yaml("best_config.yaml", best_yaml)
         # The study folder doubles as the winner's run folder (predict works on it).
         import shutil
 
-        trial_dir = study.path / "trials" / f"trial_{winner.number:03d}"
         for name in ("config.yaml", "labels.json", "split.json", "findings.json"):
             shutil.copy2(trial_dir / name, study.path / name)
         shutil.copytree(trial_dir / "checkpoint", study.path / "checkpoint")
         outcome: Outcome = best["outcome"]
         outcome.folder = study
-        extra = {"study": {"tuner": tuner_ref.name, "trials": len(trials), "best_trial": winner.number,
-                           "best_params": winner.params}}
+        extra = {
+            "study": {
+                "tuner": tuner_ref.name,
+                "trials": len(trials),
+                "best_trial": winner.number,
+                "best_params": winner.params,
+            }
+        }
         outcome.train_metrics = {**outcome.train_metrics, "trial": winner.number}
         return finish(outcome, best["prep"], log, started, extra)
     except BaseException:
@@ -456,15 +654,22 @@ def run_study(prep: Prepared, raw: dict[str, Any], overrides: list[tuple[str, An
         raise
 
 
-def predict(run_dir: Path, input_path: Path, output: Path | None, log: Log,
-            disable: list[str] = (), local: list[str] = ()) -> Path:
+def predict(
+    run_dir: Path,
+    input_path: Path,
+    output: Path | None,
+    log: Log,
+    disable: list[str] = (),
+    local: list[str] = (),
+) -> Path:
     """Load a run's checkpoint and write predictions for ``input_path``."""
-    import pandas as pd
 
     from tuneforge.config import read_yaml
 
     if not (run_dir / "run.json").is_file() or not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a finished tuneforge run folder (no run.json/config.yaml)")
+        raise UserError(
+            f"{run_dir} is not a finished tuneforge run folder (no run.json/config.yaml)"
+        )
     ckpt = run_dir / "checkpoint"
     if not ckpt.is_dir():
         raise UserError(f"{run_dir}: no checkpoint/ folder")
@@ -479,8 +684,10 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, log: Log,
     assert cfg.tokenizer is not None and cfg.model is not None
     tokenizer = instantiate(regs, "tokenizers", cfg.tokenizer, "tokenizer")
     builder = instantiate(regs, "models", cfg.model, "model")
-    preprocessors = [instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
-                     for i, r in enumerate(cfg.preprocessors)]
+    preprocessors = [
+        instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
+        for i, r in enumerate(cfg.preprocessors)
+    ]
     import json
 
     labels = json.loads((run_dir / "labels.json").read_text())
@@ -491,8 +698,12 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, log: Log,
     trainer = Trainer(trainer_cfg, log=log)
     model = task.load_artifacts(ckpt, tokenizer, builder)
     model = trainer.prepare_model(model)
-    dataset = task.predict_dataset(frame, cfg.data.columns or {"text": "text"}, tokenizer, preprocessors)
-    logits, _ = trainer.predict(model, trainer.loader(dataset, task.collate_fn(tokenizer, trainer.on_cuda)))
+    dataset = task.predict_dataset(
+        frame, cfg.data.columns or {"text": "text"}, tokenizer, preprocessors
+    )
+    logits, _ = trainer.predict(
+        model, trainer.loader(dataset, task.collate_fn(tokenizer, trainer.on_cuda))
+    )
     y_pred, y_score = task.predictions(logits)
     out = frame.copy()
     classes = labels.get("classes")

@@ -16,6 +16,12 @@ import yaml
 from tuneforge.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +31,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -59,7 +66,9 @@ class RunFolder:
                 f"run folder already exists: {self.final} (pass --overwrite to replace it, or set output.dir)"
             )
         if self.final.exists() and not (self.final / "run.json").exists():
-            raise UserError(f"{self.final} exists and is not a tuneforge run folder; refusing to replace it")
+            raise UserError(
+                f"{self.final} exists and is not a tuneforge run folder; refusing to replace it"
+            )
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}"
         if self.path.exists():
@@ -71,7 +80,9 @@ class RunFolder:
         atomic_write_text(self.path / name, to_json(obj))
 
     def write_yaml(self, name: str, obj: Any) -> None:
-        atomic_write_text(self.path / name, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+        atomic_write_text(
+            self.path / name, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True)
+        )
 
     def log_history(self, record: dict[str, Any]) -> None:
         """Append one record to ``history.jsonl`` (flushed, so a crash keeps what was logged)."""

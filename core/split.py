@@ -31,7 +31,12 @@ class Split:
 
 
 def _two_way(
-    ids: np.ndarray, strat: np.ndarray | None, test_frac: float, seed: int, notes: list[str], what: str
+    ids: np.ndarray,
+    strat: np.ndarray | None,
+    test_frac: float,
+    seed: int,
+    notes: list[str],
+    what: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 

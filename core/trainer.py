@@ -87,8 +87,14 @@ class Trainer:
     def is_main(self) -> bool:
         return bool(self.accelerator.is_main_process)
 
-    def _loader(self, dataset: Any, collate: Any, batch_size: int, shuffle: bool,
-                sample_weights: np.ndarray | None = None) -> Any:
+    def _loader(
+        self,
+        dataset: Any,
+        collate: Any,
+        batch_size: int,
+        shuffle: bool,
+        sample_weights: np.ndarray | None = None,
+    ) -> Any:
         import torch
         from torch.utils.data import DataLoader, WeightedRandomSampler
 
@@ -96,7 +102,9 @@ class Trainer:
         if sample_weights is not None:
             gen = torch.Generator().manual_seed(self.config.seed)
             sampler = WeightedRandomSampler(
-                torch.as_tensor(sample_weights, dtype=torch.double), len(dataset), replacement=True,
+                torch.as_tensor(sample_weights, dtype=torch.double),
+                len(dataset),
+                replacement=True,
                 generator=gen,
             )
             shuffle = False
@@ -162,9 +170,14 @@ class Trainer:
         optimizer = self._optimizer(model)
         steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
         total = steps_per_epoch * cfg.epochs
-        schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.schedule]
+        schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
+            cfg.schedule
+        ]
         scheduler = get_scheduler(
-            schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total
+            schedule,
+            optimizer,
+            num_warmup_steps=int(cfg.warmup_ratio * total),
+            num_training_steps=total,
         )
         model, optimizer, train_dl, val_dl, scheduler = acc.prepare(
             model, optimizer, train_dl, val_dl, scheduler
@@ -183,8 +196,14 @@ class Trainer:
             n_window = 0
             n_batches = 0
             seen = 0
-            bar = tqdm(train_dl, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not interactive,
-                       dynamic_ncols=True, unit="batch")
+            bar = tqdm(
+                train_dl,
+                desc=f"epoch {epoch}/{cfg.epochs}",
+                leave=False,
+                disable=not interactive,
+                dynamic_ncols=True,
+                unit="batch",
+            )
             for batch in bar:
                 labels = batch.pop("labels")
                 with acc.accumulate(model):
@@ -227,8 +246,11 @@ class Trainer:
             train_seconds = time.perf_counter() - t0
             logits, labels = self.predict(model, val_dl)
             metrics = evaluate(logits, labels)
-            row = {"epoch": float(epoch), "train.loss": train_loss,
-                   "train.samples_per_s": seen * acc.num_processes / max(train_seconds, 1e-9)}
+            row = {
+                "epoch": float(epoch),
+                "train.loss": train_loss,
+                "train.samples_per_s": seen * acc.num_processes / max(train_seconds, 1e-9),
+            }
             row.update({f"val.{k}": float(v) for k, v in metrics.items()})
             result.history.append(row)
             result.epochs_run = epoch
@@ -254,7 +276,10 @@ class Trainer:
             if not math.isfinite(value):
                 result.stopped_early, result.stop_reason = True, f"val.{monitor} is {value}"
                 break
-            if cfg.early_stopping_patience is not None and bad_epochs >= cfg.early_stopping_patience:
+            if (
+                cfg.early_stopping_patience is not None
+                and bad_epochs >= cfg.early_stopping_patience
+            ):
                 result.stopped_early = True
                 result.stop_reason = (
                     f"early stopping: val.{monitor} did not improve for {bad_epochs} epochs"
@@ -289,7 +314,9 @@ class Trainer:
 
     def loader(self, dataset: Any, collate: Any) -> Any:
         """An evaluation loader for ``dataset`` (prepared for distributed runs)."""
-        dl = self._loader(dataset, collate, self.config.eval_batch_size or self.config.batch_size * 2, False)
+        dl = self._loader(
+            dataset, collate, self.config.eval_batch_size or self.config.batch_size * 2, False
+        )
         return self.accelerator.prepare(dl)
 
     def prepare_model(self, model: Any) -> Any:

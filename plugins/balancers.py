@@ -26,7 +26,9 @@ class Oversample(Balancer):
     """Repeat rows of minority classes (with replacement) up to ``ratio`` x the largest class."""
 
     class Config(StrictConfig):
-        ratio: float = Field(1.0, gt=0, le=1, description="target size of each class relative to the largest")
+        ratio: float = Field(
+            1.0, gt=0, le=1, description="target size of each class relative to the largest"
+        )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
         labels = data.subset(train_rows).label_ids()
@@ -45,7 +47,9 @@ class Undersample(Balancer):
     """Keep a random subset of majority classes, down to ``ratio`` x the smallest class."""
 
     class Config(StrictConfig):
-        ratio: float = Field(1.0, ge=1, description="largest allowed class size relative to the smallest")
+        ratio: float = Field(
+            1.0, ge=1, description="largest allowed class size relative to the smallest"
+        )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
         labels = data.subset(train_rows).label_ids()
@@ -64,7 +68,9 @@ class ClassWeights(Balancer):
     """Weight the loss by inverse class frequency (``n / (k * count_c)``, scikit-learn's "balanced")."""
 
     class Config(StrictConfig):
-        power: float = Field(1.0, ge=0, le=1, description="0 = no weighting, 0.5 = square root, 1 = balanced")
+        power: float = Field(
+            1.0, ge=0, le=1, description="0 = no weighting, 0.5 = square root, 1 = balanced"
+        )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
         from sklearn.utils.class_weight import compute_class_weight

@@ -37,9 +37,16 @@ METRICS: dict[str, type[Metric]] = {
     ),
 }
 for _avg in ("macro", "weighted"):
-    for _name, _func in (("precision", "precision_score"), ("recall", "recall_score"), ("f1", "f1_score")):
+    for _name, _func in (
+        ("precision", "precision_score"),
+        ("recall", "recall_score"),
+        ("f1", "f1_score"),
+    ):
         METRICS[f"{_name}_{_avg}"] = _metric(
-            f"{_name.title()}{_avg.title()}", _func, f"{_name.title()}, {_avg}-averaged over classes", average=_avg
+            f"{_name.title()}{_avg.title()}",
+            _func,
+            f"{_name.title()}, {_avg}-averaged over classes",
+            average=_avg,
         )
 
 

@@ -30,7 +30,9 @@ def sample(dist: Any, rng: np.random.Generator) -> Any:
     return int(rng.integers(lo, hi + 1))
 
 
-def _run(objective: Callable[[dict[str, Any]], float], params_list: list[dict[str, Any]]) -> list[Trial]:
+def _run(
+    objective: Callable[[dict[str, Any]], float], params_list: list[dict[str, Any]]
+) -> list[Trial]:
     trials = []
     for number, params in enumerate(params_list):
         trial = Trial(number=number, params=params)

@@ -49,15 +49,25 @@ class Schema(Validator):
                 bad = values.index[~values.map(lambda v: isinstance(v, str))]
                 if len(bad):
                     rows = _rows(bad)
-                    out.append(Finding("non-text-value", "warning",
-                                       f"column {col!r} holds non-text values in rows {_preview(rows)}",
-                                       rows))
+                    out.append(
+                        Finding(
+                            "non-text-value",
+                            "warning",
+                            f"column {col!r} holds non-text values in rows {_preview(rows)}",
+                            rows,
+                        )
+                    )
         if data.target is not None and data.classes is not None:
             kinds = {type(c).__name__ for c in data.classes}
             if len(kinds) > 1:
-                out.append(Finding("mixed-label-types", "error",
-                                   f"label column {data.target!r} mixes value types {sorted(kinds)}",
-                                   []))
+                out.append(
+                    Finding(
+                        "mixed-label-types",
+                        "error",
+                        f"label column {data.target!r} mixes value types {sorted(kinds)}",
+                        [],
+                    )
+                )
         return out
 
 
@@ -74,9 +84,15 @@ class Missing(Validator):
             bad = data.frame.index[data.frame[col].isna()]
             if len(bad):
                 rows = _rows(bad)
-                out.append(Finding("missing-value", "warning",
-                                   f"{len(rows)} rows have no value in column {col!r}: rows {_preview(rows)}",
-                                   rows, details={"column": col}))
+                out.append(
+                    Finding(
+                        "missing-value",
+                        "warning",
+                        f"{len(rows)} rows have no value in column {col!r}: rows {_preview(rows)}",
+                        rows,
+                        details={"column": col},
+                    )
+                )
         return out
 
 
@@ -96,9 +112,15 @@ class EmptyText(Validator):
             bad = values.index[values.str.len() < self.config.min_chars]
             if len(bad):
                 rows = _rows(bad)
-                out.append(Finding("empty-text", "warning",
-                                   f"{len(rows)} empty texts in column {col!r}: rows {_preview(rows)}",
-                                   rows, details={"column": col}))
+                out.append(
+                    Finding(
+                        "empty-text",
+                        "warning",
+                        f"{len(rows)} empty texts in column {col!r}: rows {_preview(rows)}",
+                        rows,
+                        details={"column": col},
+                    )
+                )
         return out
 
 
@@ -119,11 +141,16 @@ class Duplicates(Validator):
         extra = frame.duplicated(keep="first")
         rows = _rows(frame.index[dup])
         groups = int(frame[dup].drop_duplicates().shape[0])
-        return [Finding(
-            "duplicate", "warning",
-            f"{int(extra.sum())} duplicate rows in {groups} groups (same text and label): rows {_preview(rows)}",
-            rows, drop=_rows(frame.index[extra]), details={"groups": groups},
-        )]
+        return [
+            Finding(
+                "duplicate",
+                "warning",
+                f"{int(extra.sum())} duplicate rows in {groups} groups (same text and label): rows {_preview(rows)}",
+                rows,
+                drop=_rows(frame.index[extra]),
+                details={"groups": groups},
+            )
+        ]
 
 
 class ConflictingLabels(Validator):
@@ -146,12 +173,19 @@ class ConflictingLabels(Validator):
         examples = []
         for key in keys.loc[bad].unique()[:3]:
             idx = keys.index[keys == key]
-            examples.append(f"rows {', '.join(map(str, _rows(idx)))} -> {sorted(set(labels.loc[idx]))}")
-        return [Finding(
-            "conflicting-labels", "warning",
-            f"{groups} inputs appear with different labels ({len(rows)} rows): " + "; ".join(examples),
-            rows, details={"groups": groups},
-        )]
+            examples.append(
+                f"rows {', '.join(map(str, _rows(idx)))} -> {sorted(set(labels.loc[idx]))}"
+            )
+        return [
+            Finding(
+                "conflicting-labels",
+                "warning",
+                f"{groups} inputs appear with different labels ({len(rows)} rows): "
+                + "; ".join(examples),
+                rows,
+                details={"groups": groups},
+            )
+        ]
 
 
 class ClassSize(Validator):
@@ -169,22 +203,32 @@ class ClassSize(Validator):
         out = []
         for cls, n in small.items():
             rows = _rows(data.frame.index[data.frame[data.target] == cls])
-            out.append(Finding(
-                "small-class", "warning",
-                f"class {cls!r} has only {int(n)} rows (< {self.config.min_count}); rows with fewer than 3 "
-                "per class cannot be stratified and stay in train",
-                rows, details={"class": str(cls), "count": int(n)},
-            ))
+            out.append(
+                Finding(
+                    "small-class",
+                    "warning",
+                    f"class {cls!r} has only {int(n)} rows (< {self.config.min_count}); rows with fewer than 3 "
+                    "per class cannot be stratified and stay in train",
+                    rows,
+                    details={"class": str(cls), "count": int(n)},
+                )
+            )
         unused = [c for c in (data.classes or []) if c not in counts.index]
         if unused:
-            out.append(Finding("unused-class", "info", f"declared classes with no rows: {unused}", []))
+            out.append(
+                Finding("unused-class", "info", f"declared classes with no rows: {unused}", [])
+            )
         ratio = counts.max() / max(counts.min(), 1)
         if ratio >= 10:
-            out.append(Finding(
-                "imbalance", "warning",
-                f"largest class is {ratio:.0f}x the smallest; consider a balancer", [],
-                details={"ratio": float(ratio)},
-            ))
+            out.append(
+                Finding(
+                    "imbalance",
+                    "warning",
+                    f"largest class is {ratio:.0f}x the smallest; consider a balancer",
+                    [],
+                    details={"ratio": float(ratio)},
+                )
+            )
         return out
 
 
@@ -196,5 +240,3 @@ def register_validators(register: Register) -> None:
     register("duplicates", Duplicates)
     register("conflicting-labels", ConflictingLabels)
     register("class-size", ClassSize)
-
-

@@ -123,7 +123,9 @@ class Registry:
 
     def add(self, name: str, target: Any, plugin: str, description: str = "") -> Entry:
         if not isinstance(name, str) or not name:
-            raise RegistryError(f"plugin {plugin!r} registered a {self.singular} with an empty name")
+            raise RegistryError(
+                f"plugin {plugin!r} registered a {self.singular} with an empty name"
+            )
         if not (isinstance(target, str) or callable(target)):
             raise RegistryError(
                 f"plugin {plugin!r} registered {self.singular} {name!r} with target {target!r}: "

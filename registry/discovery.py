@@ -32,5 +32,7 @@ def discover(group: str = ENTRY_POINT_GROUP) -> list[PluginSource]:
         dist_name = dist.metadata["Name"] or "?"
         for ep in eps:
             # The same distribution can be visible twice (editable + site dir): keep one.
-            found.setdefault((ep.name, ep.value), PluginSource(ep.name, ep.value, dist_name, dist.version))
+            found.setdefault(
+                (ep.name, ep.value), PluginSource(ep.name, ep.value, dist_name, dist.version)
+            )
     return sorted(found.values(), key=lambda s: (s.name, s.distribution))

@@ -28,6 +28,10 @@ PY
 fi
 flock -u 9
 # Point the editable install at this checkout (clones in other folders share the venv).
-"$_venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$_root" >/dev/null
+if ! "$_venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$_root" >"$_venv/editable.log" 2>&1; then
+    cat "$_venv/editable.log" >&2
+    echo "tuneforge: installing $_root into $_venv failed (log above)" >&2
+    exit 1
+fi
 export TUNEFORGE_PY="$_venv/bin/python"
 export TUNEFORGE_VENV="$_venv"

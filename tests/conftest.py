@@ -17,12 +17,19 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TUNEFORGE = Path(sys.executable).parent / "tuneforge"
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     """Run the installed ``tuneforge`` console script as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([str(TUNEFORGE), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(TUNEFORGE), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +50,18 @@ def project(tmp_path: Path, tiny_models: dict[str, Path]):
             cfg = {
                 "task": "text-classification",
                 "data": {"path": "data.csv"},
-                "model": {"name": "hf-sequence-classification", "checkpoint": str(tiny_models["bert"])},
-                "trainer": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "monitor": "accuracy",
-                            "early_stopping_patience": None, "log_every_n_steps": 5},
+                "model": {
+                    "name": "hf-sequence-classification",
+                    "checkpoint": str(tiny_models["bert"]),
+                },
+                "trainer": {
+                    "epochs": 8,
+                    "batch_size": 16,
+                    "lr": 3e-3,
+                    "monitor": "accuracy",
+                    "early_stopping_patience": None,
+                    "log_every_n_steps": 5,
+                },
                 "output": {"dir": str(tmp_path / "runs" / "run")},
             }
             for key, value in sections.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import run_cli
 from tinymodels import make_texts, write_csv
 
@@ -44,7 +45,12 @@ def test_plugins_json_lists_builtins_with_their_components() -> None:
     assert text["distribution"] == "tuneforge" and text["version"]
     assert "register_models" in text["hooks"]
     assert text["components"]["models"] == ["hf-sequence-classification"]
-    assert set(infos["balancers"]["components"]["balancers"]) == {"none", "oversample", "undersample", "class-weights"}
+    assert set(infos["balancers"]["components"]["balancers"]) == {
+        "none",
+        "oversample",
+        "undersample",
+        "class-weights",
+    }
 
 
 def test_components_of_one_kind() -> None:
@@ -62,11 +68,17 @@ def test_config_schema_is_json_schema_with_component_parameters() -> None:
     assert schema["title"] == "tuneforge run config"
     assert schema["properties"]["task"]["enum"] == ["text-classification"]
     balancer_variants = schema["properties"]["balancer"]["anyOf"]
-    oversample = next(v for v in balancer_variants if v.get("properties", {}).get("name", {}).get("const") == "oversample")
+    oversample = next(
+        v
+        for v in balancer_variants
+        if v.get("properties", {}).get("name", {}).get("const") == "oversample"
+    )
     assert "ratio" in oversample["properties"] and oversample["additionalProperties"] is False
     # The schema validates a real config.
     jsonschema = pytest.importorskip("jsonschema")
-    example = yaml.safe_load((Path(__file__).parents[1] / "examples/support-tickets/config.yaml").read_text())
+    example = yaml.safe_load(
+        (Path(__file__).parents[1] / "examples/support-tickets/config.yaml").read_text()
+    )
     jsonschema.validate(example, schema)
 
 
@@ -118,7 +130,9 @@ def test_missing_data_file(project) -> None:
 
 
 def test_missing_column(project) -> None:
-    err = one_line_error(run_cli("run", str(project.config(data={"path": "data.csv", "columns": {"text": "body"}}))))
+    err = one_line_error(
+        run_cli("run", str(project.config(data={"path": "data.csv", "columns": {"text": "body"}})))
+    )
     assert "column 'body' (from data.columns.text) not found; columns are: text, label" in err
 
 
@@ -140,13 +154,17 @@ def test_fail_policy_names_rows(project) -> None:
     rows = make_texts(60)
     rows.append(rows[0])
     write_csv(project.root / "dups.csv", rows)
-    cfg = project.config(data={"path": "dups.csv"}, validators=[{"name": "duplicates", "policy": "fail"}])
+    cfg = project.config(
+        data={"path": "dups.csv"}, validators=[{"name": "duplicates", "policy": "fail"}]
+    )
     err = one_line_error(run_cli("run", str(cfg)))
     assert "validators[0] (duplicates, policy fail)" in err and "rows 0" in err
 
 
 def test_set_key_that_does_not_exist(project) -> None:
-    err = one_line_error(run_cli("run", str(project.config()), "--set", "trainer.learning_rate=0.1"))
+    err = one_line_error(
+        run_cli("run", str(project.config()), "--set", "trainer.learning_rate=0.1")
+    )
     assert "--set trainer.learning_rate: no such key" in err
 
 
@@ -154,17 +172,26 @@ def test_unreadable_yaml_and_missing_config(project) -> None:
     bad = project.root / "bad.yaml"
     bad.write_text("task: text-classification\ndata: {path: [\n")
     assert "invalid YAML" in one_line_error(run_cli("run", str(bad)))
-    assert "config file not found" in one_line_error(run_cli("run", str(project.root / "none.yaml")))
+    assert "config file not found" in one_line_error(
+        run_cli("run", str(project.root / "none.yaml"))
+    )
 
 
 def test_monitor_must_be_computed(project) -> None:
-    err = one_line_error(run_cli("run", str(project.config(metrics=["accuracy"], trainer={"monitor": "f1_macro"}))))
+    err = one_line_error(
+        run_cli("run", str(project.config(metrics=["accuracy"], trainer={"monitor": "f1_macro"})))
+    )
     assert "trainer.monitor: 'f1_macro' is not computed" in err
 
 
 def test_validate_reports_findings_and_writes_nothing(project) -> None:
     rows = make_texts(80)
-    rows += [rows[0], rows[1], (rows[2][0], "technical" if rows[2][1] != "technical" else "billing"), ("", "billing")]
+    rows += [
+        rows[0],
+        rows[1],
+        (rows[2][0], "technical" if rows[2][1] != "technical" else "billing"),
+        ("", "billing"),
+    ]
     write_csv(project.root / "messy.csv", rows)
     cfg = project.config(data={"path": "messy.csv"})
     proc = run_cli("validate", str(cfg), "--json")

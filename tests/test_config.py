@@ -34,7 +34,9 @@ def test_defaults_are_the_best_practice_split() -> None:
 
 
 def test_short_and_long_component_forms() -> None:
-    cfg = build_config({**BASE, "balancer": "oversample", "augmenters": [{"name": "token-noise", "p": 0.2}]})
+    cfg = build_config(
+        {**BASE, "balancer": "oversample", "augmenters": [{"name": "token-noise", "p": 0.2}]}
+    )
     assert cfg.balancer == ComponentRef(name="oversample")
     assert cfg.augmenters[0].params == {"p": 0.2}
 
@@ -42,13 +44,18 @@ def test_short_and_long_component_forms() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({**BASE, "trainer": {"epochs": "many"}}, "trainer.epochs: Input should be a valid integer"),
+        (
+            {**BASE, "trainer": {"epochs": "many"}},
+            "trainer.epochs: Input should be a valid integer",
+        ),
         ({**BASE, "trainer": {"lrr": 1e-3}}, "trainer.lrr: unknown key"),
         ({**BASE, "split": {"train": 0.8}}, "split: Value error, train + val + test must be 1.0"),
         ({**BASE, "augmenters": ["token-noise", {"p": 0.1}]}, "augmenters[1].name: Field required"),
         ({"data": {"path": "x.csv"}}, "task: Field required"),
-        ({**BASE, "tuner": {"name": "random", "space": {"trainer.lr": {"loguniform": [0, 1]}}}},
-         "tuner.space.trainer.lr: Value error, loguniform needs low > 0"),
+        (
+            {**BASE, "tuner": {"name": "random", "space": {"trainer.lr": {"loguniform": [0, 1]}}}},
+            "tuner.space.trainer.lr: Value error, loguniform needs low > 0",
+        ),
         ({**BASE, "trainer": {"precision": "fp8"}}, "trainer.precision: Input should be"),
     ],
 )
@@ -62,8 +69,18 @@ def test_unknown_key_suggests_the_close_one() -> None:
 
 def test_set_overrides_values_and_lists() -> None:
     raw = {**BASE, "augmenters": ["token-noise", {"name": "token-noise", "p": 0.5}]}
-    cfg = build_config(raw, parse_overrides(["trainer.lr=1e-4", "augmenters[1].p=0.2", "augmenters.0.p=0.1",
-                                              "balancer=class-weights", "split.seed=7"]))
+    cfg = build_config(
+        raw,
+        parse_overrides(
+            [
+                "trainer.lr=1e-4",
+                "augmenters[1].p=0.2",
+                "augmenters.0.p=0.1",
+                "balancer=class-weights",
+                "split.seed=7",
+            ]
+        ),
+    )
     assert cfg.trainer.lr == 1e-4
     assert cfg.augmenters[1].params["p"] == 0.2
     assert cfg.augmenters[0].params["p"] == 0.1
@@ -98,8 +115,12 @@ def test_read_yaml_errors(tmp_path: Path) -> None:
 
 
 def test_dump_config_round_trips() -> None:
-    raw = {**BASE, "balancer": {"name": "oversample", "ratio": 0.5}, "metrics": ["accuracy"],
-           "tuner": {"name": "grid", "space": {"trainer.batch_size": {"choice": [8, 16]}}}}
+    raw = {
+        **BASE,
+        "balancer": {"name": "oversample", "ratio": 0.5},
+        "metrics": ["accuracy"],
+        "tuner": {"name": "grid", "space": {"trainer.batch_size": {"choice": [8, 16]}}},
+    }
     cfg = build_config(raw)
     again = build_config(dump_config(cfg))
     assert again == cfg
@@ -109,22 +130,38 @@ _names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(_names, st.integers(min_value=0, max_value=50)), min_size=1, max_size=5).filter(
-    lambda parts: isinstance(parts[0], str)))
+@given(
+    st.lists(
+        st.one_of(_names, st.integers(min_value=0, max_value=50)), min_size=1, max_size=5
+    ).filter(lambda parts: isinstance(parts[0], str))
+)
 def test_parse_key_inverts_format_loc(parts: list) -> None:
     assert parse_key(format_loc(parts)) == parts
 
 
 @settings(max_examples=100, deadline=None)
-@given(lr=st.floats(min_value=1e-7, max_value=1.0), epochs=st.integers(1, 1000),
-       bs=st.integers(1, 4096), seed=st.integers(0, 2**31))
+@given(
+    lr=st.floats(min_value=1e-7, max_value=1.0),
+    epochs=st.integers(1, 1000),
+    bs=st.integers(1, 4096),
+    seed=st.integers(0, 2**31),
+)
 def test_set_then_validate_keeps_values(lr: float, epochs: int, bs: int, seed: int) -> None:
     tree = {**BASE}
-    for key, value in (("trainer.lr", lr), ("trainer.epochs", epochs), ("trainer.batch_size", bs),
-                       ("split.seed", seed)):
+    for key, value in (
+        ("trainer.lr", lr),
+        ("trainer.epochs", epochs),
+        ("trainer.batch_size", bs),
+        ("split.seed", seed),
+    ):
         set_by_path(tree, key, value)
     cfg = build_config(tree)
-    assert (cfg.trainer.lr, cfg.trainer.epochs, cfg.trainer.batch_size, cfg.split.seed) == (lr, epochs, bs, seed)
+    assert (cfg.trainer.lr, cfg.trainer.epochs, cfg.trainer.batch_size, cfg.split.seed) == (
+        lr,
+        epochs,
+        bs,
+        seed,
+    )
 
 
 @settings(max_examples=100, deadline=None)

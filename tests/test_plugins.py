@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cli
 
 
@@ -63,7 +64,10 @@ def test_broken_plugin_is_reported_and_others_keep_working(site: Path) -> None:
     env = {"PYTHONPATH": str(site)}
     proc = run_cli("plugins", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "plugin 'broken' failed to load and is skipped: RuntimeError: boom: missing native library" in proc.stderr
+    assert (
+        "plugin 'broken' failed to load and is skipped: RuntimeError: boom: missing native library"
+        in proc.stderr
+    )
     infos = {i["name"]: i for i in json.loads(proc.stdout)}
     assert infos["broken"]["error"] == "RuntimeError: boom: missing native library"
     assert infos["broken"]["distribution"] == "tf-extra"
@@ -126,4 +130,39 @@ def test_local_plugin_file_from_config_and_cli(project, tmp_path: Path) -> None:
     (project.root / "bad_hooks.py").write_text("import no_such_dependency_zz\n")
     proc = run_cli("plugins", "--plugin", str(project.root / "bad_hooks.py"))
     assert proc.returncode == 2
-    assert "bad_hooks.py' cannot be imported: No module named 'no_such_dependency_zz'" in proc.stderr
+    assert (
+        "bad_hooks.py' cannot be imported: No module named 'no_such_dependency_zz'" in proc.stderr
+    )
+
+
+def test_misspelt_hook_name_is_reported(project, site: Path) -> None:
+    typo = "from tuneforge import hookimpl\n@hookimpl\ndef register_metric(register):\n    pass\n"
+    fake_distribution(site, "tf-typo", {"typo": typo})
+    proc = run_cli("plugins", "--json", env={"PYTHONPATH": str(site)})
+    assert proc.returncode == 0
+    assert "plugin 'typo' failed to load" in proc.stderr and "register_metric" in proc.stderr
+    (project.root / "typo.py").write_text(typo)
+    proc = run_cli("plugins", "--plugin", str(project.root / "typo.py"))
+    assert proc.returncode == 2 and "unknown hook 'register_metric'" in proc.stderr
+
+
+def test_cli_plugin_paths_are_relative_to_the_working_directory(project) -> None:
+    (project.root / "my_hooks.py").write_text(textwrap.dedent(GOOD))
+    proc = run_cli("components", "metrics", "--plugin", "my_hooks.py", cwd=project.root)
+    assert proc.returncode == 0 and "always-one" in proc.stdout
+    # Disabled by its stem: the file is never run.
+    proc = run_cli(
+        "components", "metrics", "--plugin", "my_hooks.py", "-p", "my_hooks", cwd=project.root
+    )
+    assert proc.returncode == 0 and "always-one" not in proc.stdout
+
+
+def test_output_to_a_closed_pipe_is_quiet() -> None:
+    import subprocess
+
+    from conftest import TUNEFORGE
+
+    proc = subprocess.run(
+        f"'{TUNEFORGE}' components | head -1", shell=True, capture_output=True, text=True
+    )
+    assert proc.stdout.strip() == "tasks:" and "error" not in proc.stderr

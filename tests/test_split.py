@@ -15,7 +15,9 @@ from tuneforge.split import make_split
     dup_rate=st.floats(min_value=0, max_value=0.5),
     seed=st.integers(0, 10_000),
 )
-def test_split_is_a_partition_that_keeps_groups_together(n: int, n_classes: int, dup_rate: float, seed: int) -> None:
+def test_split_is_a_partition_that_keeps_groups_together(
+    n: int, n_classes: int, dup_rate: float, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     index = pd.Index(rng.permutation(n * 3)[:n])  # arbitrary, non-contiguous row labels
     strata = rng.integers(0, n_classes, size=n)
@@ -43,7 +45,11 @@ def test_proportions_and_stratification() -> None:
     strata = np.repeat([0, 1, 2], [1200, 600, 200])
     s = make_split(pd.RangeIndex(n), 0.7, 0.15, 0.15, 0, strata=strata)
     sizes = s.sizes()
-    assert abs(sizes["train"] - 1400) <= 2 and abs(sizes["val"] - 300) <= 2 and abs(sizes["test"] - 300) <= 2
+    assert (
+        abs(sizes["train"] - 1400) <= 2
+        and abs(sizes["val"] - 300) <= 2
+        and abs(sizes["test"] - 300) <= 2
+    )
     for part in (s.train, s.val, s.test):
         share = np.bincount(strata[part], minlength=3) / len(part)
         assert np.allclose(share, [0.6, 0.3, 0.1], atol=0.01)

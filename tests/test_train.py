@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import run_cli
 from tinymodels import make_texts, write_csv
 
@@ -19,14 +20,29 @@ def ok(proc) -> str:
 
 
 def test_run_writes_a_complete_run_folder_and_predicts(project) -> None:
-    out = ok(run_cli("run", str(project.config(augmenters=[{"name": "token-noise", "p": 0.3}],
-                                                preprocessors=["text-normalize"],
-                                                balancer="class-weights"))))
+    out = ok(
+        run_cli(
+            "run",
+            str(
+                project.config(
+                    augmenters=[{"name": "token-noise", "p": 0.3}],
+                    preprocessors=["text-normalize"],
+                    balancer="class-weights",
+                )
+            ),
+        )
+    )
     run = project.root / "runs" / "run"
     assert f"run folder: {run}" in out and "epoch 8/8" in out and "test: loss" in out
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint", "config.yaml", "findings.json", "history.jsonl", "labels.json", "metrics.json",
-        "run.json", "split.json",
+        "checkpoint",
+        "config.yaml",
+        "findings.json",
+        "history.jsonl",
+        "labels.json",
+        "metrics.json",
+        "run.json",
+        "split.json",
     ]
     assert [p.name for p in (project.root / "runs").iterdir()] == ["run"]  # no partial folder left
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
@@ -45,9 +61,16 @@ def test_run_writes_a_complete_run_folder_and_predicts(project) -> None:
     assert any(h["split"] == "train" and h["name"] == "loss" and h["step"] for h in history)
     assert {h["name"] for h in history if h["split"] == "test"} >= {"accuracy", "f1_macro"}
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["model"]["name"] == "hf-sequence-classification" and Path(cfg["data"]["path"]).is_absolute()
+    assert (
+        cfg["model"]["name"] == "hf-sequence-classification"
+        and Path(cfg["data"]["path"]).is_absolute()
+    )
     assert cfg["validators"][0] == "schema"  # task defaults are written out
-    assert json.loads((run / "labels.json").read_text())["classes"] == ["billing", "shipping", "technical"]
+    assert json.loads((run / "labels.json").read_text())["classes"] == [
+        "billing",
+        "shipping",
+        "technical",
+    ]
     # The checkpoint is a plain Hugging Face folder.
     ckpt = run / "checkpoint"
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "tokenizer.json").is_file()
@@ -60,9 +83,19 @@ def test_run_writes_a_complete_run_folder_and_predicts(project) -> None:
     new = project.root / "new.csv"
     rows = make_texts(40, seed=99)
     pd.DataFrame({"text": [t for t, _ in rows]}).to_csv(new, index=False)
-    out = ok(run_cli("predict", str(run), "--input", str(new), "--output", str(project.root / "pred.csv")))
+    out = ok(
+        run_cli(
+            "predict", str(run), "--input", str(new), "--output", str(project.root / "pred.csv")
+        )
+    )
     pred = pd.read_csv(project.root / "pred.csv")
-    assert list(pred.columns) == ["text", "prediction", "prob_billing", "prob_shipping", "prob_technical"]
+    assert list(pred.columns) == [
+        "text",
+        "prediction",
+        "prob_billing",
+        "prob_shipping",
+        "prob_technical",
+    ]
     assert (pred["prediction"] == [lab for _, lab in rows]).mean() >= 0.8
     assert pred.filter(like="prob_").sum(axis=1).round(4).eq(1).all()
     # Default output location.
@@ -72,7 +105,9 @@ def test_run_writes_a_complete_run_folder_and_predicts(project) -> None:
 
 @pytest.mark.parametrize("family", ["gpt2", "roberta"])
 def test_other_model_families(project, tiny_models, family: str) -> None:
-    cfg = project.config(model={"name": "hf-sequence-classification", "checkpoint": str(tiny_models[family])})
+    cfg = project.config(
+        model={"name": "hf-sequence-classification", "checkpoint": str(tiny_models[family])}
+    )
     ok(run_cli("run", str(cfg)))
     run = project.root / "runs" / "run"
     test = json.loads((run / "metrics.json").read_text())["test"]
@@ -87,21 +122,27 @@ def test_existing_run_folder_is_refused_unless_overwrite(project) -> None:
     run = project.root / "runs" / "run"
     before = (run / "run.json").read_text()
     proc = run_cli("run", str(cfg))
-    assert proc.returncode == 2 and "run folder already exists" in proc.stderr and "--overwrite" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "run folder already exists" in proc.stderr
+        and "--overwrite" in proc.stderr
+    )
     assert (run / "run.json").read_text() == before
     ok(run_cli("run", str(cfg), "--overwrite"))
     assert (run / "run.json").read_text() != before
 
 
 def test_a_failing_run_leaves_nothing_half_written(project) -> None:
-    (project.root / "explode.py").write_text(textwrap.dedent("""
+    (project.root / "explode.py").write_text(
+        textwrap.dedent("""
         from tuneforge import hookimpl
 
         @hookimpl
         def on_epoch_end(run, epoch, metrics):
             if epoch == 2:
                 raise RuntimeError("disk full")
-    """))
+    """)
+    )
     cfg = project.config(plugins={"local": ["explode.py"]}, trainer={"epochs": 3})
     proc = run_cli("run", str(cfg))
     assert proc.returncode == 1 and "disk full" in proc.stderr
@@ -113,7 +154,8 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_fails(project) -> None:
     ok(run_cli("run", str(cfg)))
     old = (project.root / "runs" / "run" / "run.json").read_text()
     (project.root / "explode.py").write_text(
-        "from tuneforge import hookimpl\n@hookimpl\ndef on_epoch_end(run, epoch, metrics):\n    raise OSError('x')\n")
+        "from tuneforge import hookimpl\n@hookimpl\ndef on_epoch_end(run, epoch, metrics):\n    raise OSError('x')\n"
+    )
     cfg = project.config(plugins={"local": ["explode.py"]}, trainer={"epochs": 1})
     assert run_cli("run", str(cfg), "--overwrite").returncode == 1
     assert (project.root / "runs" / "run" / "run.json").read_text() == old
@@ -121,7 +163,8 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_fails(project) -> None:
 
 
 def test_lifecycle_hooks_see_the_run(project) -> None:
-    (project.root / "watch.py").write_text(textwrap.dedent("""
+    (project.root / "watch.py").write_text(
+        textwrap.dedent("""
         import json, os
         from tuneforge import hookimpl
         LOG = os.path.join(os.path.dirname(__file__), "events.jsonl")
@@ -145,7 +188,8 @@ def test_lifecycle_hooks_see_the_run(project) -> None:
         @hookimpl
         def on_run_end(run, metrics, status):
             emit(event="end", status=status, acc=metrics.get("accuracy"))
-    """))
+    """)
+    )
     ok(run_cli("run", str(project.config(plugins={"local": ["watch.py"]}, trainer={"epochs": 3}))))
     events = [json.loads(x) for x in (project.root / "events.jsonl").read_text().splitlines()]
     assert events[0]["event"] == "start" and sum(events[0]["sizes"].values()) == 240
@@ -155,8 +199,15 @@ def test_lifecycle_hooks_see_the_run(project) -> None:
 
 
 def test_early_stopping_and_best_checkpoint(project) -> None:
-    cfg = project.config(trainer={"epochs": 10, "lr": 1e-9, "monitor": "accuracy", "early_stopping_patience": 2,
-                                  "warmup_ratio": 0.0})
+    cfg = project.config(
+        trainer={
+            "epochs": 10,
+            "lr": 1e-9,
+            "monitor": "accuracy",
+            "early_stopping_patience": 2,
+            "warmup_ratio": 0.0,
+        }
+    )
     out = ok(run_cli("run", str(cfg)))
     metrics = json.loads((project.root / "runs" / "run" / "metrics.json").read_text())
     assert metrics["stopped_early"] and metrics["epochs_run"] == 3 and metrics["best_epoch"] == 1
@@ -181,14 +232,28 @@ def test_grid_search_study(project) -> None:
         assert (trial / "checkpoint" / "model.safetensors").is_file()
         assert "test" not in json.loads((trial / "metrics.json").read_text())  # test is used once
     # The study folder predicts like a run folder.
-    ok(run_cli("predict", str(study), "--input", str(project.data), "--output", str(project.root / "p.jsonl")))
+    ok(
+        run_cli(
+            "predict",
+            str(study),
+            "--input",
+            str(project.data),
+            "--output",
+            str(project.root / "p.jsonl"),
+        )
+    )
     assert len(pd.read_json(project.root / "p.jsonl", lines=True)) == 240
 
 
 def test_random_search_needs_a_space_and_grid_needs_choices(project) -> None:
     proc = run_cli("run", str(project.config(tuner={"name": "random", "trials": 2})))
     assert proc.returncode == 2 and "tuner.space: empty" in proc.stderr
-    proc = run_cli("run", str(project.config(tuner={"name": "grid", "space": {"trainer.lr": {"uniform": [0.1, 0.2]}}})))
+    proc = run_cli(
+        "run",
+        str(
+            project.config(tuner={"name": "grid", "space": {"trainer.lr": {"uniform": [0.1, 0.2]}}})
+        ),
+    )
     assert proc.returncode == 2 and "grid search needs choice or int entries" in proc.stderr
     assert not (project.root / "runs").exists() or list((project.root / "runs").iterdir()) == []
 
@@ -200,20 +265,74 @@ def test_predict_bad_inputs(project, tmp_path: Path) -> None:
     run = project.root / "runs" / "run"
     write_csv(tmp_path / "wrong.csv", [("a", "b")], header=("body", "x"))
     proc = run_cli("predict", str(run), "--input", str(tmp_path / "wrong.csv"))
-    assert proc.returncode == 2 and "column 'text' (from data.columns.text) not found" in proc.stderr
+    assert (
+        proc.returncode == 2 and "column 'text' (from data.columns.text) not found" in proc.stderr
+    )
     proc = run_cli("predict", str(run), "--input", str(tmp_path / "absent.csv"))
     assert proc.returncode == 2 and "input file not found" in proc.stderr
     weights = run / "checkpoint" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a truncated checkpoint
-    proc = run_cli("predict", str(run), "--input", str(project.data), "--output", str(tmp_path / "o.csv"))
+    proc = run_cli(
+        "predict", str(run), "--input", str(project.data), "--output", str(tmp_path / "o.csv")
+    )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("tuneforge: error: checkpoint ") and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.startswith("tuneforge: error: checkpoint ")
+        and len(proc.stderr.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "o.csv").exists()
 
 
 def test_search_space_keys_are_checked_before_anything_runs(project) -> None:
-    proc = run_cli("run", str(project.config(tuner={"name": "random", "space": {"trainer.lrr": {"choice": [1]}}})))
-    assert proc.returncode == 2 and "tuner.space.trainer.lrr" in proc.stderr and "no such key" in proc.stderr
-    proc = run_cli("run", str(project.config(tuner={"name": "random", "space": {"trainer.epochs": {"choice": [0, 2]}}})))
-    assert proc.returncode == 2 and "tuner.space.trainer.epochs: value 0 is not valid" in proc.stderr
+    proc = run_cli(
+        "run",
+        str(project.config(tuner={"name": "random", "space": {"trainer.lrr": {"choice": [1]}}})),
+    )
+    assert (
+        proc.returncode == 2
+        and "tuner.space.trainer.lrr" in proc.stderr
+        and "no such key" in proc.stderr
+    )
+    proc = run_cli(
+        "run",
+        str(
+            project.config(
+                tuner={"name": "random", "space": {"trainer.epochs": {"choice": [0, 2]}}}
+            )
+        ),
+    )
+    assert (
+        proc.returncode == 2 and "tuner.space.trainer.epochs: value 0 is not valid" in proc.stderr
+    )
     assert not (project.root / "runs").exists() or list((project.root / "runs").iterdir()) == []
+
+
+def test_predict_from_elsewhere_reloads_relative_local_plugins(project, tmp_path: Path) -> None:
+    (project.root / "hooks").mkdir()
+    (project.root / "hooks" / "extra.py").write_text(
+        textwrap.dedent("""
+        from tuneforge import hookimpl
+        from tuneforge.components import Metric
+
+        class Half(Metric):
+            def __call__(self, y_true, y_pred, y_score):
+                return 0.5
+
+        @hookimpl
+        def register_metrics(register):
+            register("half", Half)
+    """)
+    )
+    cfg = project.config(
+        plugins={"local": ["hooks/extra.py"]}, metrics=["accuracy", "half"], trainer={"epochs": 1}
+    )
+    ok(run_cli("run", str(cfg)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = project.root / "runs" / "run"
+    ok(
+        run_cli(
+            "predict", str(run), "--input", str(project.data), "--output", "p.csv", cwd=elsewhere
+        )
+    )
+    assert (elsewhere / "p.csv").is_file()

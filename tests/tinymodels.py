@@ -15,10 +15,25 @@ CLASS_WORDS = {
     "shipping": ["parcel", "delivery", "courier", "tracking", "address", "shipped", "late", "box"],
     "technical": ["crash", "error", "bug", "login", "page", "button", "app", "loading"],
 }
-FILLER = ["my", "the", "is", "please", "help", "again", "today", "order", "why", "still", "not", "a"]
+FILLER = [
+    "my",
+    "the",
+    "is",
+    "please",
+    "help",
+    "again",
+    "today",
+    "order",
+    "why",
+    "still",
+    "not",
+    "a",
+]
 
 
-def make_texts(n: int, seed: int = 0, weights: tuple[float, ...] = (0.45, 0.35, 0.20)) -> list[tuple[str, str]]:
+def make_texts(
+    n: int, seed: int = 0, weights: tuple[float, ...] = (0.45, 0.35, 0.20)
+) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     labels = list(CLASS_WORDS)
     rows = []
@@ -30,7 +45,9 @@ def make_texts(n: int, seed: int = 0, weights: tuple[float, ...] = (0.45, 0.35, 
     return rows
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+def write_csv(
+    path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -60,32 +77,64 @@ def tiny_checkpoint(folder: Path, family: str = "bert") -> Path:
         wp = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
         wp.normalizer = normalizers.BertNormalizer(lowercase=True)
         wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        wp.post_processor = processors.BertProcessing(("[SEP]", ids["[SEP]"]), ("[CLS]", ids["[CLS]"]))
-        tok = transformers.PreTrainedTokenizerFast(
-            tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-            sep_token="[SEP]", mask_token="[MASK]",
+        wp.post_processor = processors.BertProcessing(
+            ("[SEP]", ids["[SEP]"]), ("[CLS]", ids["[CLS]"])
         )
-        config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, max_position_embeddings=64, **small)
+        tok = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=wp,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+        config = transformers.BertConfig(
+            vocab_size=len(vocab), hidden_size=32, max_position_embeddings=64, **small
+        )
         model = transformers.BertModel(config)
     else:
         bpe = ByteLevelBPETokenizer()
-        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if family == "roberta" else ["<|endoftext|>"]
-        bpe.train_from_iterator(corpus() * 5, vocab_size=300, min_frequency=1, special_tokens=specials)
+        specials = (
+            ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+            if family == "roberta"
+            else ["<|endoftext|>"]
+        )
+        bpe.train_from_iterator(
+            corpus() * 5, vocab_size=300, min_frequency=1, special_tokens=specials
+        )
         if family == "gpt2":
             tok = transformers.PreTrainedTokenizerFast(
-                tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                tokenizer_object=bpe._tokenizer,
+                eos_token="<|endoftext|>",
+                bos_token="<|endoftext|>",
                 unk_token="<|endoftext|>",
             )
-            config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                                             bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+            config = transformers.GPT2Config(
+                vocab_size=len(tok),
+                n_embd=32,
+                n_layer=2,
+                n_head=2,
+                n_positions=64,
+                bos_token_id=tok.eos_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
             model = transformers.GPT2Model(config)
         else:
             tok = transformers.PreTrainedTokenizerFast(
-                tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                unk_token="<unk>", mask_token="<mask>",
+                tokenizer_object=bpe._tokenizer,
+                bos_token="<s>",
+                eos_token="</s>",
+                pad_token="<pad>",
+                unk_token="<unk>",
+                mask_token="<mask>",
             )
-            config = transformers.RobertaConfig(vocab_size=len(tok), hidden_size=32, max_position_embeddings=70,
-                                                pad_token_id=tok.pad_token_id, **small)
+            config = transformers.RobertaConfig(
+                vocab_size=len(tok),
+                hidden_size=32,
+                max_position_embeddings=70,
+                pad_token_id=tok.pad_token_id,
+                **small,
+            )
             model = transformers.RobertaModel(config)
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))

@@ -23,8 +23,16 @@ def register_tasks(register: Register) -> None:
 
 @hookimpl
 def register_tokenizers(register: Register) -> None:
-    register("hf-tokenizer", f"{_PKG}.hf:HFTokenizer", "Hugging Face fast tokenizer (local path or checkpoint)")
-    register("text-normalize", f"{_PKG}.preprocess:TextNormalize", "Unicode normalisation, case folding, whitespace")
+    register(
+        "hf-tokenizer",
+        f"{_PKG}.hf:HFTokenizer",
+        "Hugging Face fast tokenizer (local path or checkpoint)",
+    )
+    register(
+        "text-normalize",
+        f"{_PKG}.preprocess:TextNormalize",
+        "Unicode normalisation, case folding, whitespace",
+    )
 
 
 @hookimpl
@@ -38,4 +46,6 @@ def register_models(register: Register) -> None:
 
 @hookimpl
 def register_augmenters(register: Register) -> None:
-    register("token-noise", f"{_PKG}.augment:TokenNoise", "Random word deletion and swaps (EDA-style)")
+    register(
+        "token-noise", f"{_PKG}.augment:TokenNoise", "Random word deletion and swaps (EDA-style)"
+    )

@@ -18,7 +18,9 @@ class TokenNoise(Augmenter):
     class Config(StrictConfig):
         p: float = Field(0.5, ge=0, le=1, description="probability that an example is augmented")
         delete: float = Field(0.1, ge=0, lt=1, description="per-word deletion probability")
-        swaps: float = Field(0.1, ge=0, le=1, description="swaps per word (rounded down, at least one when > 0)")
+        swaps: float = Field(
+            0.1, ge=0, le=1, description="swaps per word (rounded down, at least one when > 0)"
+        )
         min_words: int = Field(3, ge=1, description="texts shorter than this are left alone")
 
         @model_validator(mode="after")

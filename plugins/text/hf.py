@@ -45,7 +45,9 @@ def resolve_checkpoint(name: str, key: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ConfigError(key, f"{path} is not a Hugging Face checkpoint folder (no config.json)")
+            raise ConfigError(
+                key, f"{path} is not a Hugging Face checkpoint folder (no config.json)"
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
         raise ConfigError(key, f"checkpoint folder not found: {path}")
@@ -57,7 +59,9 @@ class HFTokenizer(Component):
     """Hugging Face fast tokenizer; defaults to the model's checkpoint."""
 
     class Config(StrictConfig):
-        checkpoint: str | None = Field(None, description="tokenizer folder or name; default: the model's")
+        checkpoint: str | None = Field(
+            None, description="tokenizer folder or name; default: the model's"
+        )
         max_length: int = Field(128, ge=8, le=8192, description="truncate longer inputs")
 
     def __init__(self, config: Any = None) -> None:
@@ -65,7 +69,6 @@ class HFTokenizer(Component):
         self.tokenizer: Any = None
 
     def setup(self, default_checkpoint: str | None) -> None:
-        from transformers import AutoTokenizer
 
         key = "tokenizer.checkpoint"
         name = self.config.checkpoint or default_checkpoint
@@ -84,7 +87,9 @@ class HFTokenizer(Component):
             first = str(exc).strip().splitlines()[0]
             raise UserError(f"{key}: cannot load a tokenizer from {path}: {first}") from None
         if not getattr(tok, "is_fast", False):
-            raise UserError(f"{key}: {path} has no fast tokenizer (tokenizer.json); tuneforge needs one")
+            raise UserError(
+                f"{key}: {path} has no fast tokenizer (tokenizer.json); tuneforge needs one"
+            )
         if tok.pad_token is None:
             # GPT-2 style tokenizers have no pad token: pad with end-of-sequence.
             if tok.eos_token is None:
@@ -92,7 +97,9 @@ class HFTokenizer(Component):
             tok.pad_token = tok.eos_token
         self.tokenizer = tok
 
-    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, list[list[int]]]:
+    def encode(
+        self, texts: list[str], pairs: list[str] | None = None
+    ) -> dict[str, list[list[int]]]:
         enc = self.tokenizer(
             texts,
             pairs,
@@ -120,7 +127,9 @@ class HFSequenceClassification(ModelBuilder):
             "minilm-l6",
             description="checkpoint folder, offline package name (minilm-l6) or hub id",
         )
-        dropout: float | None = Field(None, ge=0, lt=1, description="override hidden/classifier dropout")
+        dropout: float | None = Field(
+            None, ge=0, lt=1, description="override hidden/classifier dropout"
+        )
 
     def checkpoint_path(self) -> str:
         return resolve_checkpoint(self.config.checkpoint, "model.checkpoint")
@@ -135,7 +144,9 @@ class HFSequenceClassification(ModelBuilder):
             "num_labels": num_labels,
             "id2label": id2label,
             "label2id": {v: k for k, v in id2label.items()},
-            "problem_type": "regression" if problem == "regression" else "single_label_classification",
+            "problem_type": "regression"
+            if problem == "regression"
+            else "single_label_classification",
         }
         try:
             hf_config = AutoConfig.from_pretrained(path, **kwargs)
@@ -143,7 +154,13 @@ class HFSequenceClassification(ModelBuilder):
             first = str(exc).strip().splitlines()[0]
             raise UserError(f"model.checkpoint: cannot load {path}: {first}") from None
         if self.config.dropout is not None:
-            for attr in ("hidden_dropout_prob", "classifier_dropout", "resid_pdrop", "embd_pdrop", "dropout"):
+            for attr in (
+                "hidden_dropout_prob",
+                "classifier_dropout",
+                "resid_pdrop",
+                "embd_pdrop",
+                "dropout",
+            ):
                 if hasattr(hf_config, attr):
                     setattr(hf_config, attr, self.config.dropout)
         if tokenizer is not None and getattr(hf_config, "pad_token_id", None) is None:
@@ -156,7 +173,9 @@ class HFSequenceClassification(ModelBuilder):
             )
         except Exception as exc:  # corrupt or truncated files raise library-specific errors
             first = (str(exc).strip().splitlines() or [""])[0]
-            raise UserError(f"model.checkpoint: cannot load {path}: {type(exc).__name__}: {first}") from None
+            raise UserError(
+                f"model.checkpoint: cannot load {path}: {type(exc).__name__}: {first}"
+            ) from None
         finally:
             transformers.logging.set_verbosity(verbosity)
         return model
@@ -175,4 +194,6 @@ class HFSequenceClassification(ModelBuilder):
             return AutoModelForSequenceClassification.from_pretrained(str(folder))
         except Exception as exc:  # corrupt or truncated files raise library-specific errors
             first = (str(exc).strip().splitlines() or [""])[0]
-            raise UserError(f"checkpoint {folder}: cannot load: {type(exc).__name__}: {first}") from None
+            raise UserError(
+                f"checkpoint {folder}: cannot load: {type(exc).__name__}: {first}"
+            ) from None

@@ -85,7 +85,8 @@ class TextClassificationTask(Task):
         for role in columns:
             if role not in self.roles:
                 raise ConfigError(
-                    f"data.columns.{role}", f"unknown role; {self.name} uses: {', '.join(self.roles)}"
+                    f"data.columns.{role}",
+                    f"unknown role; {self.name} uses: {', '.join(self.roles)}",
                 )
         if "text" not in columns:
             raise ConfigError("data.columns.text", "missing: name the column that holds the text")
@@ -126,7 +127,13 @@ class TextClassificationTask(Task):
 
     def load_inputs(self, path: Path, data_config: Any) -> pd.DataFrame:
         """Read a file to predict on: the same input columns; the label is optional."""
-        frame = read_table(path, data_config.format if str(path).endswith(str(Path(data_config.path).suffix)) else "auto", data_config.read_options)
+        frame = read_table(
+            path,
+            data_config.format
+            if str(path).endswith(str(Path(data_config.path).suffix))
+            else "auto",
+            data_config.read_options,
+        )
         columns = self._columns(data_config)
         require_columns(frame, {f"data.columns.{r}": c for r, c in columns.items()}, path)
         for role, col in columns.items():
@@ -216,7 +223,9 @@ class TextClassificationTask(Task):
         tokenizer.load(str(folder), key=f"checkpoint {folder}")
         return model_builder.load(folder)
 
-    def predict_dataset(self, frame: pd.DataFrame, inputs: dict[str, str], tokenizer: Any, preprocessors: list[Any]) -> TextDataset:
+    def predict_dataset(
+        self, frame: pd.DataFrame, inputs: dict[str, str], tokenizer: Any, preprocessors: list[Any]
+    ) -> TextDataset:
         texts, pairs = self._texts(frame, inputs, preprocessors)
         return TextDataset(texts, pairs, None, tokenizer, [], 0)
 

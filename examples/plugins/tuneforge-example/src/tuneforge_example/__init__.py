@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import tuneforge
 from pydantic import Field
+
+import tuneforge
 from tuneforge.components import Finding, Metric, Policy, Validator, ValidatorConfig
 from tuneforge.hookspecs import Register
 
