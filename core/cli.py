@@ -109,6 +109,7 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
     for name, cmd in (extra_commands or {}).items():
         cp = sub.add_parser(name, help=getattr(cmd, "help", ""))
         cmd.add_arguments(cp)
+        _add_plugin_args(cp)
         cp.set_defaults(plugin_command=cmd)
     return parser
 
@@ -256,11 +257,13 @@ HANDLERS = {
 def _plugin_commands(argv: list[str]) -> dict[str, Any]:
     """Commands from plugins, loaded only when the command is not a built-in one."""
     words = [a for a in argv if not a.startswith("-")]
-    if not words or words[0] in BUILTIN_COMMANDS:
+    wants_help = not words and ("-h" in argv or "--help" in argv)
+    if not wants_help and (not words or words[0] in BUILTIN_COMMANDS):
         return {}
-    from tuneforge.manager import PluginManager
-
-    pm = PluginManager()
+    pre = argparse.ArgumentParser(add_help=False)
+    _add_plugin_args(pre)
+    known, _ = pre.parse_known_args(argv)
+    pm = _manager(known)
     return {e.name: e.load()() for e in pm.registries["commands"]}
 
 

@@ -98,10 +98,14 @@ def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
         instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
         for i, r in enumerate(cfg.preprocessors)
     ]
-    if cfg.tokenizer is None or cfg.model is None:
-        missing = "tokenizer" if cfg.tokenizer is None else "model"
-        raise ConfigError(missing, f"required: task {cfg.task!r} has no default {missing}")
-    tokenizer = instantiate(regs, "tokenizers", cfg.tokenizer, "tokenizer")
+    if cfg.model is None:
+        raise ConfigError("model", f"required: task {cfg.task!r} has no default model")
+    # Tasks whose inputs need no tokenizer (tabular) have none by default.
+    tokenizer = (
+        None
+        if cfg.tokenizer is None
+        else instantiate(regs, "tokenizers", cfg.tokenizer, "tokenizer")
+    )
     model_builder = instantiate(regs, "models", cfg.model, "model")
     metrics = {}
     for i, ref in enumerate(cfg.metrics or []):
@@ -681,8 +685,13 @@ def predict(
     regs = pm.registries
     task = instantiate(regs, "tasks", ComponentRef(name=cfg.task), "task")
     task.name = cfg.task
-    assert cfg.tokenizer is not None and cfg.model is not None
-    tokenizer = instantiate(regs, "tokenizers", cfg.tokenizer, "tokenizer")
+    if cfg.model is None:
+        raise UserError(f"{run_dir / 'config.yaml'}: no model section")
+    tokenizer = (
+        None
+        if cfg.tokenizer is None
+        else instantiate(regs, "tokenizers", cfg.tokenizer, "tokenizer")
+    )
     builder = instantiate(regs, "models", cfg.model, "model")
     preprocessors = [
         instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
@@ -698,9 +707,7 @@ def predict(
     trainer = Trainer(trainer_cfg, log=log)
     model = task.load_artifacts(ckpt, tokenizer, builder)
     model = trainer.prepare_model(model)
-    dataset = task.predict_dataset(
-        frame, cfg.data.columns or {"text": "text"}, tokenizer, preprocessors
-    )
+    dataset = task.predict_dataset(frame, cfg.data, tokenizer, preprocessors)
     logits, _ = trainer.predict(
         model, trainer.loader(dataset, task.collate_fn(tokenizer, trainer.on_cuda))
     )

@@ -51,6 +51,9 @@ class Trainer:
         self.config = config
         self.log = log
         self.accelerator = self._accelerator()
+        from accelerate.utils import set_seed
+
+        set_seed(config.seed)  # before the model is built: its new head is initialised randomly
 
     # -- setup ----------------------------------------------------------------------------
     def _accelerator(self) -> Any:

@@ -166,3 +166,34 @@ def test_output_to_a_closed_pipe_is_quiet() -> None:
         f"'{TUNEFORGE}' components | head -1", shell=True, capture_output=True, text=True
     )
     assert proc.stdout.strip() == "tasks:" and "error" not in proc.stderr
+
+
+COMMAND = """
+from tuneforge import hookimpl
+from tuneforge.components import Command
+
+class Hello(Command):
+    help = "say hello"
+
+    def add_arguments(self, parser):
+        parser.add_argument("who")
+
+    def run(self, args):
+        print(f"hello {args.who}")
+        return 3
+
+@hookimpl
+def register_commands(register):
+    register("hello", Hello)
+"""
+
+
+def test_plugins_add_cli_commands(site: Path) -> None:
+    fake_distribution(site, "tf-cmd", {"greeter": COMMAND})
+    env = {"PYTHONPATH": str(site)}
+    proc = run_cli("hello", "world", env=env)
+    assert proc.returncode == 3 and proc.stdout.strip() == "hello world"
+    assert "hello" in run_cli("components", "commands", env=env).stdout
+    assert "say hello" in run_cli("--help", env=env).stdout
+    proc = run_cli("hello", "world", "-p", "greeter", env=env)
+    assert proc.returncode == 2 and "invalid choice: 'hello'" in proc.stderr

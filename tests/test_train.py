@@ -190,7 +190,16 @@ def test_lifecycle_hooks_see_the_run(project) -> None:
             emit(event="end", status=status, acc=metrics.get("accuracy"))
     """)
     )
-    ok(run_cli("run", str(project.config(plugins={"local": ["watch.py"]}, trainer={"epochs": 3}))))
+    ok(
+        run_cli(
+            "run",
+            str(
+                project.config(
+                    plugins={"local": ["watch.py"]}, trainer={"epochs": 3, "schedule": "cosine"}
+                )
+            ),
+        )
+    )
     events = [json.loads(x) for x in (project.root / "events.jsonl").read_text().splitlines()]
     assert events[0]["event"] == "start" and sum(events[0]["sizes"].values()) == 240
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3]
@@ -336,3 +345,14 @@ def test_predict_from_elsewhere_reloads_relative_local_plugins(project, tmp_path
         )
     )
     assert (elsewhere / "p.csv").is_file()
+
+
+def test_same_seed_same_result(project) -> None:
+    cfg = project.config(
+        trainer={"epochs": 3}, augmenters=[{"name": "token-noise", "p": 0.5}], balancer="oversample"
+    )
+    results = []
+    for name in ("a", "b"):
+        ok(run_cli("run", str(cfg), "--set", f"output.dir={project.root / name}"))
+        results.append(json.loads((project.root / name / "metrics.json").read_text()))
+    assert results[0]["test"] == results[1]["test"] and results[0]["val"] == results[1]["val"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -127,13 +126,8 @@ class TextClassificationTask(Task):
 
     def load_inputs(self, path: Path, data_config: Any) -> pd.DataFrame:
         """Read a file to predict on: the same input columns; the label is optional."""
-        frame = read_table(
-            path,
-            data_config.format
-            if str(path).endswith(str(Path(data_config.path).suffix))
-            else "auto",
-            data_config.read_options,
-        )
+        # The input's format comes from its suffix; reader options carry over from training.
+        frame = read_table(path, "auto", data_config.read_options)
         columns = self._columns(data_config)
         require_columns(frame, {f"data.columns.{r}": c for r, c in columns.items()}, path)
         for role, col in columns.items():
@@ -224,11 +218,8 @@ class TextClassificationTask(Task):
         return model_builder.load(folder)
 
     def predict_dataset(
-        self, frame: pd.DataFrame, inputs: dict[str, str], tokenizer: Any, preprocessors: list[Any]
+        self, frame: pd.DataFrame, data_config: Any, tokenizer: Any, preprocessors: list[Any]
     ) -> TextDataset:
-        texts, pairs = self._texts(frame, inputs, preprocessors)
+        """Unlabelled examples from a frame read by :meth:`load_inputs`."""
+        texts, pairs = self._texts(frame, self._columns(data_config), preprocessors)
         return TextDataset(texts, pairs, None, tokenizer, [], 0)
-
-
-def read_labels(folder: Path) -> list[Any]:
-    return json.loads((folder / "labels.json").read_text())["classes"]
