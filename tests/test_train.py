@@ -233,6 +233,9 @@ def test_grid_search_study(project) -> None:
     assert trials["val.accuracy"].iloc[1] > trials["val.accuracy"].iloc[0]
     best = yaml.safe_load((study / "best_config.yaml").read_text())
     assert best["trainer"]["lr"] == 3e-3 and "tuner" not in best
+    assert best["output"]["dir"] == str(project.root / "runs" / "run-best")
+    proc = run_cli("validate", str(study / "best_config.yaml"), cwd=study)  # runnable as it is
+    assert proc.returncode == 0, proc.stderr
     metrics = json.loads((study / "metrics.json").read_text())
     assert metrics["study"]["best_trial"] == 1 and "accuracy" in metrics["test"]
     assert "best trial 1" in out
