@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge import __version__
+from tuneforge.console import Console
 from tuneforge.errors import UserError
 from tuneforge.registry import RegistryError
 
@@ -45,6 +46,23 @@ def _add_plugin_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_verbosity_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", help="print only the results and warnings")
+    g.add_argument("-v", "--verbose", action="store_true", help="also print a line every few steps")
+
+
+def _console(args: argparse.Namespace) -> Console:
+    mode = (
+        "quiet"
+        if getattr(args, "quiet", False)
+        else "verbose"
+        if getattr(args, "verbose", False)
+        else "normal"
+    )
+    return Console(mode)
+
+
 def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuneforge", description="Fine-tune models the right way."
@@ -65,6 +83,7 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
         help="override a config key, e.g. --set trainer.lr=1e-4 (repeatable)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    _add_verbosity_args(p)
     _add_plugin_args(p)
 
     p = sub.add_parser("validate", help="data-quality report only (no training, writes nothing)")
@@ -136,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg, base, raw, overrides = _load(args)
     pm = _manager(args, cfg, base)
-    run(cfg, base, pm, _say, overwrite=args.overwrite, raw=raw, overrides=overrides)
+    run(cfg, base, pm, _console(args), overwrite=args.overwrite, raw=raw, overrides=overrides)
     return 0
 
 
@@ -181,7 +200,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not args.input.exists():
         raise UserError(f"input file not found: {args.input}")
-    predict(args.run_dir, args.input, args.output, _say, args.disable_plugin, args.plugin)
+    predict(args.run_dir, args.input, args.output, Console(), args.disable_plugin, args.plugin)
     return 0
 
 

@@ -17,13 +17,14 @@ import yaml
 import tuneforge
 from tuneforge.components import BalancePlan, Finding, Trial
 from tuneforge.config import ComponentRef, RunConfig, build_config, dump_config, instantiate
+from tuneforge.console import Console
 from tuneforge.data import TaskData
 from tuneforge.errors import ConfigError, DataError, UserError
 from tuneforge.manager import PluginManager
 from tuneforge.run import RunContext, RunFolder, atomic_write_text
 from tuneforge.split import Split, make_split
 
-Log = Callable[[str], None]
+Log = Console  # info lines via log(...), results via log.result(...)
 
 
 @dataclass
@@ -248,6 +249,27 @@ def majority_baseline(
     return float((data.subset(test_rows).label_ids() == majority).mean())
 
 
+def prediction_frame(task: Any, data: TaskData, rows: np.ndarray, logits: Any, labels: Any) -> Any:
+    """One row per example: its data row, true and predicted target, class probabilities."""
+    import pandas as pd
+
+    y_pred, y_score = task.predictions(logits)
+    frame = pd.DataFrame({"row": np.asarray(rows)})
+    y_true = labels.numpy() if labels is not None else None
+    if data.classes is not None:
+        names = np.asarray([str(c) for c in data.classes], dtype=object)
+        if y_true is not None:
+            frame["y_true"] = names[y_true]
+        frame["y_pred"] = names[y_pred]
+        for j, name in enumerate(names):
+            frame[f"prob_{name}"] = y_score[:, j]
+    else:
+        if y_true is not None:
+            frame["y_true"] = list(y_true)
+        frame["y_pred"] = list(y_pred)
+    return frame
+
+
 @dataclass
 class Outcome:
     """A trained run: its folder and, while in memory, how to evaluate the best model on test."""
@@ -256,7 +278,7 @@ class Outcome:
     context: RunContext
     train_metrics: dict[str, Any]
     best_value: float | None
-    evaluate_test: Callable[[], dict[str, float]] | None = None
+    evaluate_test: Callable[[], tuple[dict[str, float], Any]] | None = None
 
 
 def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None) -> Outcome:
@@ -325,7 +347,7 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         hook.on_run_start(run=ctx)
         from tuneforge.trainer import Trainer
 
-        trainer = Trainer(cfg.trainer, log=log)
+        trainer = Trainer(cfg.trainer, console=log)
         task.prepare(prep.tokenizer, prep.model_builder)
         seed = cfg.trainer.seed
         train_set = task.make_dataset(
@@ -427,7 +449,7 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
             "val": {k[4:]: v for k, v in best_row.items() if k.startswith("val.")},
         }
 
-        def evaluate_test() -> dict[str, float]:
+        def evaluate_test() -> tuple[dict[str, float], Any]:
             best_model = task.load_artifacts(ckpt_dir(), prep.tokenizer, prep.model_builder)
             best_model = trainer.prepare_model(best_model)
             test_set = task.make_dataset(
@@ -439,7 +461,7 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
             if base is not None:
                 metrics["majority_baseline_accuracy"] = base
             hook.on_evaluate(run=ctx, split="test", metrics=metrics)
-            return metrics
+            return metrics, prediction_frame(task, data, split.test, logits, labels)
 
         return Outcome(folder, ctx, train_metrics, result.best_value, evaluate_test)
     except BaseException:
@@ -458,13 +480,14 @@ def finish(
 
     assert outcome.evaluate_test is not None
     try:
-        test = outcome.evaluate_test()
+        test, predictions = outcome.evaluate_test()
     except BaseException:
         prep.pm.hook.on_run_end(run=outcome.context, metrics={}, status="failed")
         raise
     metrics = {**outcome.train_metrics, "test": test, **(extra or {})}
     folder = outcome.folder
     folder.write_json("metrics.json", metrics)
+    atomic_write_text(folder.path / "predictions_test.csv", predictions.to_csv(index=False))
     for name, value in test.items():
         folder.log_history(
             {
@@ -498,8 +521,8 @@ def finish(
     prep.pm.hook.on_run_end(run=outcome.context, metrics=test, status="completed")
     final = folder.commit()
     shown = "  ".join(f"{k} {v:.4f}" for k, v in test.items())
-    log(f"test: {shown}")
-    log(f"run folder: {final}")
+    log.result(f"test: {shown}")
+    log.result(f"run folder: {final}")
     return final
 
 
@@ -643,6 +666,7 @@ def run_study(
         shutil.copytree(trial_dir / "checkpoint", study.path / "checkpoint")
         outcome: Outcome = best["outcome"]
         outcome.folder = study
+        outcome.context.run_dir, outcome.context.final_dir = study.path, study.final
         extra = {
             "study": {
                 "tuner": tuner_ref.name,
@@ -704,7 +728,7 @@ def predict(
     from tuneforge.trainer import Trainer
 
     trainer_cfg = cfg.trainer.model_copy()
-    trainer = Trainer(trainer_cfg, log=log)
+    trainer = Trainer(trainer_cfg, console=log)
     model = task.load_artifacts(ckpt, tokenizer, builder)
     model = trainer.prepare_model(model)
     dataset = task.predict_dataset(frame, cfg.data, tokenizer, preprocessors)
@@ -732,5 +756,5 @@ def predict(
         tmp.replace(output)
     else:
         atomic_write_text(output, out.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
-    log(f"wrote {len(out)} predictions to {output}")
+    log.result(f"wrote {len(out)} predictions to {output}")
     return output

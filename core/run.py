@@ -106,6 +106,30 @@ class RunFolder:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def read_history(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records of ``history.jsonl``; a truncated or corrupt line is skipped with a warning."""
+    path = run_dir / "history.jsonl"
+    records: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    if not path.is_file():
+        return records, [f"{path}: no history"]
+    for number, line in enumerate(
+        path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
+    ):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.append(f"{path}: line {number} is truncated or corrupt; skipped")
+            continue
+        if not isinstance(record, dict) or not {"name", "value"} <= set(record):
+            warnings.append(f"{path}: line {number} is not a history record; skipped")
+            continue
+        records.append(record)
+    return records, warnings
+
+
 @dataclass
 class RunContext:
     """What lifecycle hooks see about the current run."""

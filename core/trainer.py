@@ -9,7 +9,6 @@ read back only every ``log_every_n_steps`` steps.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.config import TrainerConfig
+from tuneforge.console import Console
 from tuneforge.errors import UserError
 
 
@@ -47,9 +47,9 @@ def improved(value: float, best: float | None, mode: str, min_delta: float) -> b
 class Trainer:
     """Fits a model; every modality-specific piece (datasets, loss, metrics) is handed in."""
 
-    def __init__(self, config: TrainerConfig, log: Callable[[str], None] = print) -> None:
+    def __init__(self, config: TrainerConfig, console: Console | None = None) -> None:
         self.config = config
-        self.log = log
+        self.console = console if console is not None else Console()
         self.accelerator = self._accelerator()
         from accelerate.utils import set_seed
 
@@ -190,7 +190,8 @@ class Trainer:
         start = time.perf_counter()
         bad_epochs = 0
         step = 0
-        interactive = sys.stderr.isatty() and self.is_main
+        interactive = self.console.interactive and self.is_main
+        verbose = self.console.mode == "verbose" and self.is_main
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             t0 = time.perf_counter()
@@ -199,6 +200,7 @@ class Trainer:
             n_window = 0
             n_batches = 0
             seen = 0
+            window_seen, window_start = 0, t0
             bar = tqdm(
                 train_dl,
                 desc=f"epoch {epoch}/{cfg.epochs}",
@@ -206,6 +208,7 @@ class Trainer:
                 disable=not interactive,
                 dynamic_ncols=True,
                 unit="batch",
+                file=self.console.stream,
             )
             for batch in bar:
                 labels = batch.pop("labels")
@@ -224,6 +227,7 @@ class Trainer:
                 n_window += 1
                 n_batches += 1
                 seen += labels.shape[0]
+                window_seen += labels.shape[0]
                 if acc.sync_gradients:
                     step += 1
                     if step % cfg.log_every_n_steps == 0:
@@ -236,9 +240,20 @@ class Trainer:
                                 f"lower trainer.lr (now {cfg.lr:g}) or set trainer.max_grad_norm"
                             )
                         lr = scheduler.get_last_lr()[0]
-                        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+                        now = time.perf_counter()
+                        rate = window_seen * acc.num_processes / max(now - window_start, 1e-9)
+                        window_seen, window_start = 0, now
+                        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.0f}")
+                        if verbose and not interactive:
+                            left = (total - step) * (now - start) / step
+                            self.console.detail(
+                                f"epoch {epoch}/{cfg.epochs} step {step}/{total} loss {value:.4f} "
+                                f"lr {lr:.2e} {rate:.0f} samples/s eta {left:.0f}s"
+                            )
                         if on_log is not None:
-                            on_log(step, {"train.loss": value, "lr": lr})
+                            on_log(
+                                step, {"train.loss": value, "lr": lr, "train.samples_per_s": rate}
+                            )
             bar.close()
             train_loss = (running / max(n_batches, 1)).item()
             if not math.isfinite(train_loss):
@@ -268,12 +283,7 @@ class Trainer:
             else:
                 bad_epochs += 1
             if self.is_main:
-                shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val."))
-                mark = "  * best" if best else ""
-                self.log(
-                    f"epoch {epoch}/{cfg.epochs}  train.loss {train_loss:.4f}  {shown}  "
-                    f"({train_seconds:.1f}s, {row['train.samples_per_s']:.0f} samples/s){mark}"
-                )
+                self.console.epoch_table(row, train_seconds, best)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
             if not math.isfinite(value):
@@ -288,7 +298,7 @@ class Trainer:
                     f"early stopping: val.{monitor} did not improve for {bad_epochs} epochs"
                 )
                 if self.is_main:
-                    self.log(result.stop_reason)
+                    self.console(result.stop_reason)
                 break
         result.seconds = time.perf_counter() - start
         return result

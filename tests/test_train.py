@@ -33,17 +33,22 @@ def test_run_writes_a_complete_run_folder_and_predicts(project) -> None:
         )
     )
     run = project.root / "runs" / "run"
-    assert f"run folder: {run}" in out and "epoch 8/8" in out and "test: loss" in out
-    assert sorted(p.name for p in run.iterdir()) == [
+    assert f"run folder: {run}" in out and "test: loss" in out
+    assert {p.name for p in run.iterdir()} >= {
         "checkpoint",
         "config.yaml",
         "findings.json",
         "history.jsonl",
         "labels.json",
         "metrics.json",
+        "predictions_test.csv",
         "run.json",
         "split.json",
-    ]
+    }
+    preds = pd.read_csv(run / "predictions_test.csv")
+    assert sorted(preds["row"]) == sorted(json.loads((run / "split.json").read_text())["test"])
+    acc = (preds["y_true"] == preds["y_pred"]).mean()
+    assert acc == pytest.approx(json.loads((run / "metrics.json").read_text())["test"]["accuracy"])
     assert [p.name for p in (project.root / "runs").iterdir()] == ["run"]  # no partial folder left
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
     metrics = json.loads((run / "metrics.json").read_text())

@@ -39,7 +39,7 @@ def make_texts(
     rows = []
     for _ in range(n):
         label = rng.choices(labels, weights=weights)[0]
-        words = rng.sample(CLASS_WORDS[label], 2) + rng.sample(FILLER, rng.randint(2, 6))
+        words = rng.sample(CLASS_WORDS[label], 3) + rng.sample(FILLER, rng.randint(2, 5))
         rng.shuffle(words)
         rows.append((" ".join(words), label))
     return rows
@@ -62,9 +62,11 @@ def corpus() -> list[str]:
 
 def tiny_checkpoint(folder: Path, family: str = "bert") -> Path:
     """Save a tiny random-init model + fast tokenizer of ``family`` into ``folder``."""
+    import torch
     import transformers
     from tokenizers import ByteLevelBPETokenizer
 
+    torch.manual_seed(0)  # the same tiny model in every test session
     folder.mkdir(parents=True, exist_ok=True)
     small = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     if family == "bert":
