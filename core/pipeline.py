@@ -22,6 +22,7 @@ from tuneforge.data import TaskData
 from tuneforge.errors import ConfigError, DataError, UserError
 from tuneforge.manager import PluginManager
 from tuneforge.run import RunContext, RunFolder, atomic_write_text
+from tuneforge.secrets import mask_tree
 from tuneforge.split import Split, make_split
 
 Log = Console  # info lines via log(...), results via log.result(...)
@@ -309,7 +310,7 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
     resolved = dump_config(cfg)
     resolved["data"]["path"] = str(Path(data.source).resolve())
     resolved["plugins"]["local"] = [resolve_local(s, prep.base_dir) for s in cfg.plugins.local]
-    folder.write_yaml("config.yaml", resolved)
+    folder.write_yaml("config.yaml", mask_tree(resolved))  # no passwords in the run folder
     folder.write_json(
         "findings.json",
         {
@@ -465,11 +466,18 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
 
         return Outcome(folder, ctx, train_metrics, result.best_value, evaluate_test)
     except BaseException:
-        hook.on_run_end(run=ctx, metrics={}, status="failed")
+        end_run(prep, ctx, {}, "failed")
         raise
+
+
+def end_run(prep: Prepared, ctx: RunContext, metrics: dict[str, Any], status: str) -> None:
+    """Call ``on_run_end``, then release the run's callbacks (registered in :func:`train`)."""
+    try:
+        prep.pm.hook.on_run_end(run=ctx, metrics=metrics, status=status)
     finally:
         for cb in prep.callbacks:
-            prep.pm.pm.unregister(cb)
+            if prep.pm.pm.is_registered(cb):
+                prep.pm.pm.unregister(cb)
 
 
 def finish(
@@ -482,7 +490,7 @@ def finish(
     try:
         test, predictions = outcome.evaluate_test()
     except BaseException:
-        prep.pm.hook.on_run_end(run=outcome.context, metrics={}, status="failed")
+        end_run(prep, outcome.context, {}, "failed")
         raise
     metrics = {**outcome.train_metrics, "test": test, **(extra or {})}
     folder = outcome.folder
@@ -518,7 +526,7 @@ def finish(
             ),
         },
     )
-    prep.pm.hook.on_run_end(run=outcome.context, metrics=test, status="completed")
+    end_run(prep, outcome.context, test, "completed")
     final = folder.commit()
     shown = "  ".join(f"{k} {v:.4f}" for k, v in test.items())
     log.result(f"test: {shown}")
@@ -617,9 +625,7 @@ def run_study(
             "run.json", {"status": "trained", "trial": trial.number, "params": trial.params}
         )
         folder.commit()
-        trial_prep.pm.hook.on_run_end(
-            run=outcome.context, metrics=outcome.train_metrics["val"], status="trained"
-        )
+        end_run(trial_prep, outcome.context, outcome.train_metrics["val"], "trained")
         trial.value = outcome.best_value
         trial.state = "complete"
         trial.seconds = time.time() - t0

@@ -1,0 +1,55 @@
+"""Built-in report plugin: plots and report.html at the end of a run; `tuneforge report`, `tuneforge runs`.
+
+Importing this module is cheap: matplotlib, pandas and scikit-learn are imported only when a
+report is built, and the commands are registered as lazy ``"module:Attr"`` strings.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneforge import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tuneforge.hookspecs import Register
+    from tuneforge.run import RunContext
+
+
+@hookimpl
+def register_commands(register: Register) -> None:
+    register(
+        "report",
+        "tuneforge.plugins.report.commands:ReportCommand",
+        "Rebuild a finished run's plots and report.html",
+    )
+    register(
+        "runs",
+        "tuneforge.plugins.report.commands:RunsCommand",
+        "List runs with their key parameters and metrics, sortable",
+    )
+
+
+@hookimpl
+def on_run_end(run: RunContext, metrics: dict[str, Any], status: str) -> None:
+    """Write ``plots/*.png`` and ``report.html`` into a completed run's folder.
+
+    A failure here is reported as a warning and never fails the run.
+    """
+    if status != "completed":
+        return
+    try:
+        from tuneforge.plugins.report.html import build_report
+
+        report = build_report(Path(run.run_dir), name=Path(run.final_dir).name)
+        for warning in report.warnings:
+            print(f"tuneforge: warning: {warning}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"tuneforge: warning: the run report could not be written "
+            f"({type(exc).__name__}: {first}); the run itself is complete",
+            file=sys.stderr,
+            flush=True,
+        )
