@@ -345,6 +345,7 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         prep.pm.pm.register(cb)
     hook = prep.pm.hook
     try:
+        folder.training_started = True
         hook.on_run_start(run=ctx)
         from tuneforge.trainer import Trainer
 
@@ -552,9 +553,18 @@ def run(
     try:
         outcome = train(prep, folder, log)
         return finish(outcome, prep, log, started)
-    except BaseException:
-        folder.abort()
+    except BaseException as exc:
+        close_failed(folder, exc, log)
         raise
+
+
+def close_failed(folder: RunFolder, exc: BaseException, log: Log) -> None:
+    """A failure before training leaves nothing; a crash during training keeps what it logged."""
+    if folder.training_started:
+        kept = folder.fail(exc)
+        log.result(f"the run failed; what it logged is kept in {kept}")
+    else:
+        folder.abort()
 
 
 def _space_probes(dist: Any) -> list[Any]:
@@ -613,11 +623,16 @@ def run_study(
         log(f"trial {trial.number}: {trial.params}")
         trial_prep = prepare(trial_cfg, prep.base_dir, prep.pm)
         folder = RunFolder(trial_cfg.output.dir)
+        study.training_started = True
         try:
             outcome = train(trial_prep, folder, log, trial=trial.number)
-        except UserError as exc:
-            folder.abort()
+        except UserError as exc:  # this trial's settings fail (say, the loss diverges): go on
             trial.state, trial.seconds = "failed", time.time() - t0
+            if folder.training_started:
+                kept = folder.fail(exc)
+                trial.run_dir = str(study.final / "trials" / kept.name)
+            else:
+                folder.abort()
             log(f"trial {trial.number} failed: {exc}")
             return float("nan")
         folder.write_json("metrics.json", outcome.train_metrics)
@@ -683,8 +698,8 @@ def run_study(
         }
         outcome.train_metrics = {**outcome.train_metrics, "trial": winner.number}
         return finish(outcome, best["prep"], log, started, extra)
-    except BaseException:
-        study.abort()
+    except BaseException as exc:
+        close_failed(study, exc, log)
         raise
 
 

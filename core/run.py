@@ -80,6 +80,7 @@ class RunFolder:
             shutil.rmtree(self.path)
         self.path.mkdir()
         self._history = (self.path / "history.jsonl").open("a", encoding="utf-8")
+        self.training_started = False
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_text(self.path / name, to_json(obj))
@@ -107,8 +108,37 @@ class RunFolder:
         return self.final
 
     def abort(self) -> None:
+        """Remove the partial folder (a failure before training started: nothing worth keeping)."""
         self._history.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def fail(self, error: BaseException) -> Path:
+        """Keep what a run that crashed during training logged, beside (never at) the final name.
+
+        The folder becomes ``NAME.failed-YYYYmmdd-HHMMSS`` with ``run.json`` saying ``failed``
+        and why; an existing run at the final name is left as it was.
+        """
+        self._history.close()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.final.parent / f"{self.final.name}.failed-{stamp}"
+        n = 1
+        while target.exists():
+            target = self.final.parent / f"{self.final.name}.failed-{stamp}-{n}"
+            n += 1
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        self.write_json(
+            "run.json",
+            {
+                "status": "failed",
+                "error": f"{type(error).__name__}: {message}",
+                "finished": time.time(),
+            },
+        )
+        for leftover in self.path.glob(".checkpoint.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        os.replace(self.path, target)
+        self.path = target
+        return target
 
 
 def read_history(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -137,7 +137,7 @@ def test_existing_run_folder_is_refused_unless_overwrite(project) -> None:
     assert (run / "run.json").read_text() != before
 
 
-def test_a_failing_run_leaves_nothing_half_written(project) -> None:
+def test_a_run_that_crashes_in_training_keeps_its_log_beside_the_final_name(project) -> None:
     (project.root / "explode.py").write_text(
         textwrap.dedent("""
         from tuneforge import hookimpl
@@ -151,20 +151,24 @@ def test_a_failing_run_leaves_nothing_half_written(project) -> None:
     cfg = project.config(plugins={"local": ["explode.py"]}, trainer={"epochs": 3})
     proc = run_cli("run", str(cfg))
     assert proc.returncode == 1 and "disk full" in proc.stderr
+    runs = project.root / "runs"
+    [kept] = list(runs.iterdir())
+    assert kept.name.startswith("run.failed-") and not (runs / "run").exists()
+    assert f"what it logged is kept in {kept}" in proc.stdout
+    status = json.loads((kept / "run.json").read_text())
+    assert status["status"] == "failed" and status["error"] == "RuntimeError: disk full"
+    history = [json.loads(line) for line in (kept / "history.jsonl").read_text().splitlines()]
+    assert {h["epoch"] for h in history if h["split"] == "val"} == {1, 2}
+    # `tuneforge runs` shows it as failed; `tuneforge report` refuses it.
+    assert "failed" in run_cli("runs", str(runs)).stdout
+    assert run_cli("report", str(kept)).returncode == 2
+
+
+def test_a_data_error_leaves_nothing(project) -> None:
+    write_csv(project.root / "blank.csv", [("   ", "a"), ("  ", "b")])
+    proc = run_cli("run", str(project.config(data={"path": "blank.csv"})))
+    assert proc.returncode == 2
     assert not (project.root / "runs").exists() or list((project.root / "runs").iterdir()) == []
-
-
-def test_overwrite_keeps_the_old_run_when_the_new_one_fails(project) -> None:
-    cfg = project.config(trainer={"epochs": 1})
-    ok(run_cli("run", str(cfg)))
-    old = (project.root / "runs" / "run" / "run.json").read_text()
-    (project.root / "explode.py").write_text(
-        "from tuneforge import hookimpl\n@hookimpl\ndef on_epoch_end(run, epoch, metrics):\n    raise OSError('x')\n"
-    )
-    cfg = project.config(plugins={"local": ["explode.py"]}, trainer={"epochs": 1})
-    assert run_cli("run", str(cfg), "--overwrite").returncode == 1
-    assert (project.root / "runs" / "run" / "run.json").read_text() == old
-    assert [p.name for p in (project.root / "runs").iterdir()] == ["run"]
 
 
 def test_lifecycle_hooks_see_the_run(project) -> None:
