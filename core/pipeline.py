@@ -345,8 +345,8 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         prep.pm.pm.register(cb)
     hook = prep.pm.hook
     try:
+        hook.on_run_start(run=ctx)  # a logger that cannot connect fails here: nothing is kept
         folder.training_started = True
-        hook.on_run_start(run=ctx)
         from tuneforge.trainer import Trainer
 
         trainer = Trainer(cfg.trainer, console=log)
