@@ -160,13 +160,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tuneforge.pipeline import class_counts, prepare, run_validators, split_data
+    from tuneforge.pipeline import class_counts, leakage_check, prepare, run_validators, split_data
 
     cfg, base, _, _ = _load(args)
     pm = _manager(args, cfg, base)
     prep = prepare(cfg, base, pm)
     data = run_validators(prep)
     split = split_data(prep, data)
+    prep.findings.append(leakage_check(prep, data, split))
     report = {
         "source": data.source,
         "rows_loaded": len(prep.data),

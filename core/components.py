@@ -49,7 +49,9 @@ class Finding:
 
     ``rows`` are row labels of the loaded data's index: the 0-based data row in the source
     file (without its header), which stays the same after other rows are dropped. ``drop``
-    lists the rows the ``drop`` policy removes (defaults to ``rows``).
+    lists the rows the ``drop`` policy removes (defaults to ``rows``). ``relabel`` maps rows to
+    a new target value (e.g. tiny classes merged into one); it is applied unless the policy
+    is ``fail``.
     """
 
     kind: str
@@ -57,6 +59,7 @@ class Finding:
     message: str
     rows: list[int] = field(default_factory=list)
     drop: list[int] | None = None
+    relabel: dict[int, Any] | None = None
     action: str = "none"
     validator: str = ""
     details: dict[str, Any] = field(default_factory=dict)
@@ -97,11 +100,13 @@ class BalancePlan:
     :param indices: training rows to use (resampled; repeats allowed), or None for all.
     :param class_weights: per-class loss weights, or None.
     :param sample_weights: per-row sampling weights for a weighted sampler, or None.
+    :param focal_gamma: use the focal loss with this focusing parameter instead of cross-entropy.
     """
 
     indices: np.ndarray | None = None
     class_weights: np.ndarray | None = None
     sample_weights: np.ndarray | None = None
+    focal_gamma: float | None = None
     note: str = ""
 
 

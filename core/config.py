@@ -101,6 +101,9 @@ class DataConfig(Strict):
         default_factory=dict, description="input role -> column name, e.g. {text: sentence}"
     )
     label: str | None = Field(default=None, description="classification label column")
+    classes: list[Any] | None = Field(
+        default=None, description="declared classes (label-id order); default: those in the data"
+    )
     target: str | list[str] | None = Field(default=None, description="regression target column(s)")
     read_options: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments for the pandas reader"
@@ -228,6 +231,10 @@ class RunConfig(Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tuner: TunerRef | None = None
     metrics: list[ComponentRef] | None = None
+    fail_on: list[str] = Field(
+        default_factory=list,
+        description="finding kinds that stop the run (e.g. conflicting-labels, label-issue, leakage)",
+    )
     callbacks: list[ComponentRef] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,34 @@ _SUFFIXES = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+
+
+_RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _encoding_problem(path: Path, encoding: str, exc: UnicodeDecodeError) -> str:
+    """Which line is not in ``encoding``, and what the file looks like instead."""
+    raw = path.read_bytes()
+    try:
+        raw.decode(encoding)
+        where = ""
+    except UnicodeDecodeError as full:
+        line = raw[: full.start].count(b"\n") + 1
+        where = f" line {line} (byte {raw[full.start]:#04x})"
+    except LookupError:
+        return f"{path}: unknown encoding {encoding!r} in data.read_options.encoding"
+    guess = ""
+    try:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(raw).best()
+        if best is not None and best.encoding.lower().replace("_", "-") != encoding.lower():
+            guess = f"; it looks like {best.encoding}: set data.read_options: {{encoding: {best.encoding}}}"
+    except ImportError:  # optional helper; the line number is still given
+        pass
+    if not guess:
+        guess = "; set data.read_options: {encoding: ...} to the file's encoding"
+    return f"{path}:{where} is not valid {encoding}{guess}"
 
 
 def infer_format(path: Path, fmt: str = "auto") -> str:
@@ -61,13 +90,32 @@ def read_table(
             )
     except DataError:
         raise
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError, OSError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(_encoding_problem(path, options.get("encoding", "utf-8"), exc)) from None
+    except pd.errors.ParserError as exc:
+        ragged = _RAGGED.search(str(exc))
+        if ragged:
+            want, line, got = ragged.groups()
+            raise DataError(
+                f"{path}: line {line} has {got} fields where the header has {want} (a ragged row: "
+                "an unquoted separator?)"
+            ) from None
+        raise DataError(
+            f"{path}: cannot read as {fmt}: {str(exc).strip().splitlines()[0]}"
+        ) from None
+    except (ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read as {fmt}: {first}") from exc
     except Exception as exc:  # pyarrow raises its own types
         raise DataError(f"{path}: cannot read as {fmt}: {type(exc).__name__}: {exc}") from exc
     frame = frame.reset_index(drop=True)
     return frame
+
+
+def class_list(values: Any) -> list[Any]:
+    """The distinct labels in ``values`` (NaN skipped) as plain Python values, in a stable order."""
+    plain = {v.item() if hasattr(v, "item") else v for v in pd.Series(values).dropna().unique()}
+    return sorted(plain, key=lambda v: (str(type(v)), v))
 
 
 def require_columns(frame: pd.DataFrame, columns: dict[str, str], path: Path) -> None:

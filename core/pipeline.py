@@ -18,7 +18,7 @@ import tuneforge
 from tuneforge.components import BalancePlan, Finding, Trial
 from tuneforge.config import ComponentRef, RunConfig, build_config, dump_config, instantiate
 from tuneforge.console import Console
-from tuneforge.data import TaskData
+from tuneforge.data import TaskData, class_list
 from tuneforge.errors import ConfigError, DataError, UserError
 from tuneforge.manager import PluginManager
 from tuneforge.run import RunContext, RunFolder, atomic_write_text
@@ -178,7 +178,16 @@ def run_validators(prep: Prepared) -> TaskData:
                 raise DataError(
                     f"{data.source}: validators[{i}] ({ref.name}, policy fail): {f.message}"
                 )
-            if policy == "drop" and (f.drop if f.drop is not None else f.rows):
+            if f.kind in prep.config.fail_on and f.severity != "info":
+                raise DataError(f"{data.source}: fail_on {f.kind!r} ({ref.name}): {f.message}")
+            if f.relabel:
+                frame = data.frame.copy()
+                for row, value in f.relabel.items():
+                    frame.loc[row, data.target] = value
+                data = data.subset(frame.index)
+                data.frame = frame
+                f.action = f"relabelled {len(f.relabel)} rows"
+            elif policy == "drop" and (f.drop if f.drop is not None else f.rows):
                 drop = f.drop if f.drop is not None else f.rows
                 keep = data.frame.index.difference(drop)
                 data = data.subset(keep)
@@ -199,7 +208,37 @@ def run_validators(prep: Prepared) -> TaskData:
                 f"{data.source}: only {left} class left after validation; classification "
                 "needs at least two"
             )
+        if not prep.config.data.classes:
+            # Classes the validators removed or merged away are not trained on.
+            data = data.subset(data.frame.index)
+            data.classes = class_list(data.frame[data.target])
     return data
+
+
+def leakage_check(prep: Prepared, data: TaskData, split: Split) -> Finding:
+    """Compare the final splits: the same content (task's duplicate key) in two splits leaks."""
+    if not hasattr(prep.task, "content_keys"):
+        return Finding("leakage", "info", "not checked: the task defines no content key")
+    keys = prep.task.content_keys(data)
+    parts = {name: set(keys.loc[getattr(split, name)]) for name in ("train", "val", "test")}
+    shared = {
+        pair: parts[pair[0]] & parts[pair[1]]
+        for pair in (("train", "val"), ("train", "test"), ("val", "test"))
+    }
+    rows = sorted(
+        int(r) for (a, b), common in shared.items() for r in keys.index[keys.isin(common)]
+    )
+    if not rows:
+        return Finding("leakage", "info", "no example appears in two splits", validator="split")
+    counts = ", ".join(f"{a}/{b}: {len(c)}" for (a, b), c in shared.items() if c)
+    return Finding(
+        "leakage",
+        "error",
+        f"examples shared between splits ({counts}): rows {rows[:10]}",
+        rows,
+        validator="split",
+        action="reported (set split.group_duplicates: true to prevent it)",
+    )
 
 
 def split_data(prep: Prepared, data: TaskData) -> Split:
@@ -213,9 +252,18 @@ def split_data(prep: Prepared, data: TaskData) -> Split:
     groups = None
     if s.group_duplicates and hasattr(prep.task, "content_keys"):
         groups = prep.task.content_keys(data).to_numpy()
-    return make_split(
+    split = make_split(
         data.frame.index, s.train, s.val, s.test, s.seed, strata=strata, groups=groups
     )
+    empty = [name for name in ("val", "test") if len(getattr(split, name)) == 0]
+    if empty:
+        n_groups = len(set(groups)) if groups is not None else len(data)
+        raise DataError(
+            f"{data.source}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} "
+            f"empty: {len(data)} rows in {n_groups} distinct examples (duplicates stay together) "
+            "are too few to split 70/15/15; add data or drop duplicates"
+        )
+    return split
 
 
 def class_counts(data: TaskData, rows: np.ndarray) -> dict[str, int]:
@@ -291,6 +339,12 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
     split = split_data(prep, data)
     for note in split.notes:
         log(f"  split: {note}")
+    leak = leakage_check(prep, data, split)
+    prep.findings.append(leak)
+    if leak.severity != "info":
+        log(f"  [{leak.severity}] split: {leak.message}")
+        if "leakage" in cfg.fail_on:
+            raise DataError(f"{data.source}: fail_on 'leakage': {leak.message}")
     rng = np.random.default_rng(cfg.split.seed)
     plan: BalancePlan = prep.balancer.plan(data, split.train, rng)
     train_rows = split.train if plan.indices is None else split.train[plan.indices]
@@ -358,7 +412,7 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         val_set = task.make_dataset(data, split.val, prep.tokenizer, prep.preprocessors, [], seed)
         collate = task.collate_fn(prep.tokenizer, trainer.on_cuda)
         model = task.build_model(prep.model_builder, data, prep.tokenizer)
-        loss_fn = task.loss_fn(plan.class_weights)
+        loss_fn = task.loss_fn(plan.class_weights, focal_gamma=plan.focal_gamma)
         eval_loss = task.loss_fn(None)
 
         def ckpt_dir() -> Path:  # the folder is renamed when it is committed

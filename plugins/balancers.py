@@ -84,9 +84,50 @@ class ClassWeights(Balancer):
         return BalancePlan(class_weights=w, note="loss weights " + ", ".join(f"{x:.2f}" for x in w))
 
 
+class WeightedSampler(Balancer):
+    """Draw training rows with probability inversely proportional to their class size.
+
+    Each epoch sees classes about equally often; under multi-process training Accelerate
+    shards the sampler's batches, so each process draws its own part.
+    """
+
+    class Config(StrictConfig):
+        power: float = Field(
+            1.0, ge=0, le=1, description="1 = balanced, 0.5 = square root, 0 = none"
+        )
+
+    def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        labels = data.subset(train_rows).label_ids()
+        counts = _class_counts(labels, len(data.classes or []))
+        per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0) ** self.config.power
+        return BalancePlan(
+            sample_weights=per_class[labels], note=f"weighted sampler (power {self.config.power:g})"
+        )
+
+
+class FocalLoss(Balancer):
+    """Focal loss instead of cross-entropy: down-weights easy examples (optionally class-weighted)."""
+
+    class Config(StrictConfig):
+        gamma: float = Field(2.0, gt=0, le=10, description="focusing parameter")
+        class_weights: bool = Field(False, description="also weight classes by inverse frequency")
+
+    def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        weights = None
+        if self.config.class_weights:
+            weights = ClassWeights().plan(data, train_rows, rng).class_weights
+        return BalancePlan(
+            class_weights=weights,
+            focal_gamma=self.config.gamma,
+            note=f"focal loss (gamma {self.config.gamma:g})",
+        )
+
+
 @hookimpl
 def register_balancers(register: Register) -> None:
     register("none", NoBalance)
     register("oversample", Oversample)
     register("undersample", Undersample)
     register("class-weights", ClassWeights)
+    register("weighted-sampler", WeightedSampler)
+    register("focal-loss", FocalLoss)

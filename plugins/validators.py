@@ -189,11 +189,19 @@ class ConflictingLabels(Validator):
 
 
 class ClassSize(Validator):
-    """Classes too small to learn from or to stratify across train/val/test."""
+    """Classes too small to learn from or to stratify across train/val/test.
+
+    A class with fewer than 3 rows cannot be spread over train/val/test. By policy it stays in
+    train only (``warn``, the split says so), is dropped (``drop``), stops the run (``fail``),
+    or, with ``merge_into``, is relabelled into that class (a new or an existing one).
+    """
 
     class Config(ValidatorConfig):
         policy: Policy = "warn"
         min_count: int = Field(10, ge=1, description="classes with fewer rows are reported")
+        merge_into: str | None = Field(
+            None, description="relabel classes with fewer than 3 rows into this class"
+        )
 
     def check(self, data: TaskData, task: Any = None) -> list[Finding]:
         if data.classes is None or not data.target:
@@ -203,13 +211,27 @@ class ClassSize(Validator):
         out = []
         for cls, n in small.items():
             rows = _rows(data.frame.index[data.frame[data.target] == cls])
+            tiny = n < 3
+            merge = (
+                self.config.merge_into
+                if tiny and self.config.merge_into not in (None, cls)
+                else None
+            )
+            if merge is not None:
+                note = f"merged into {merge!r}"
+            elif tiny:
+                note = "too few to stratify: kept in train only unless dropped"
+            else:
+                note = "stratified across the splits"
             out.append(
                 Finding(
                     "small-class",
                     "warning",
-                    f"class {cls!r} has only {int(n)} rows (< {self.config.min_count}); rows with fewer than 3 "
-                    "per class cannot be stratified and stay in train",
+                    f"class {cls!r} has only {int(n)} rows (< {self.config.min_count}); {note}",
                     rows,
+                    # Only classes that cannot be stratified are dropped by the drop policy.
+                    drop=rows if tiny else [],
+                    relabel={r: merge for r in rows} if merge is not None else None,
                     details={"class": str(cls), "count": int(n)},
                 )
             )

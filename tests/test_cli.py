@@ -50,6 +50,8 @@ def test_plugins_json_lists_builtins_with_their_components() -> None:
         "oversample",
         "undersample",
         "class-weights",
+        "weighted-sampler",
+        "focal-loss",
     }
 
 

@@ -11,15 +11,10 @@ import numpy as np
 import pandas as pd
 
 from tuneforge.components import StrictConfig, Task
-from tuneforge.data import TaskData, read_table, require_columns
+from tuneforge.data import TaskData, class_list, read_table, require_columns
 from tuneforge.errors import ConfigError, DataError
 
 _NORM = re.compile(r"\W+")
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python scalars (JSON-friendly class names)."""
-    return value.item() if hasattr(value, "item") else value
 
 
 class TextDataset:
@@ -106,8 +101,17 @@ class TextClassificationTask(Task):
         require_columns(frame, wanted, path)
         if len(frame) == 0:
             raise DataError(f"{path}: the file has no data rows")
-        labels = frame[label].dropna()
-        classes = sorted({_plain(v) for v in labels.unique()}, key=lambda v: (str(type(v)), v))
+        classes = class_list(frame[label])
+        if data_config.classes:
+            declared = list(data_config.classes)
+            undeclared = frame.index[frame[label].notna() & ~frame[label].isin(declared)]
+            if len(undeclared):
+                row = int(undeclared[0])
+                raise DataError(
+                    f"{path}: row {row}: label {frame.loc[row, label]!r} is not in data.classes "
+                    f"{declared} ({len(undeclared)} rows in all)"
+                )
+            classes = declared
         if len(classes) < 2:
             only = f" (only {classes[0]!r})" if classes else ""
             raise DataError(
@@ -195,11 +199,10 @@ class TextClassificationTask(Task):
         id2label = {i: str(c) for i, c in enumerate(data.classes or [])}
         return model_builder.build(len(id2label), id2label, tokenizer.tokenizer, self.problem)
 
-    def loss_fn(self, class_weights: np.ndarray | None) -> Any:
-        import torch
+    def loss_fn(self, class_weights: np.ndarray | None, focal_gamma: float | None = None) -> Any:
+        from tuneforge.plugins.losses import classification_loss
 
-        weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
-        return torch.nn.CrossEntropyLoss(weight=weight)
+        return classification_loss(class_weights, focal_gamma)
 
     def predictions(self, logits: Any) -> tuple[np.ndarray, np.ndarray]:
         """Logits -> (predicted class ids, class probabilities)."""
