@@ -172,7 +172,11 @@ def run_validators(prep: Prepared) -> TaskData:
     findings: list[Finding] = []
     for i, (ref, validator) in enumerate(prep.validators):
         policy = getattr(validator.config, "policy", "warn")
-        for f in validator.check(data, prep.task):
+        try:
+            found = validator.check(data, prep.task)
+        except UserError as exc:
+            raise DataError(f"validators[{i}] ({ref.name}): {exc}") from None
+        for f in found:
             f.validator = ref.name
             if policy == "fail" and f.severity != "info" and (f.rows or f.severity == "error"):
                 raise DataError(

