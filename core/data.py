@@ -166,3 +166,38 @@ class TaskData:
             raise ValueError("label_ids() needs a classification target")
         lookup = {c: i for i, c in enumerate(self.classes)}
         return self.frame[self.target].map(lookup).to_numpy(dtype=np.int64)
+
+
+class WeightedExamples:
+    """A dataset whose examples carry a per-row loss weight (``sample_weight``).
+
+    Used for rows that a validator with policy ``down-weight`` doubts (likely label noise):
+    the trainer multiplies their loss by the weight.
+    """
+
+    def __init__(self, dataset: Any, weights: np.ndarray) -> None:
+        if len(weights) != len(dataset):
+            raise ValueError(f"{len(weights)} weights for {len(dataset)} examples")
+        self.dataset, self.weights = dataset, weights
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.dataset[i], "sample_weight": float(self.weights[i])}
+
+    @staticmethod
+    def collate(inner: Any) -> Any:
+        """Wrap a collate function: weights (when present) become a float tensor."""
+
+        def collate(features: list[dict[str, Any]]) -> Any:
+            import torch
+
+            if not features or "sample_weight" not in features[0]:
+                return inner(features)
+            weights = [f["sample_weight"] for f in features]
+            batch = inner([{k: v for k, v in f.items() if k != "sample_weight"} for f in features])
+            batch["sample_weight"] = torch.tensor(weights, dtype=torch.float32)
+            return batch
+
+        return collate

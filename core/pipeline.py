@@ -18,7 +18,7 @@ import tuneforge
 from tuneforge.components import BalancePlan, Finding, Trial
 from tuneforge.config import ComponentRef, RunConfig, build_config, dump_config, instantiate
 from tuneforge.console import Console
-from tuneforge.data import TaskData, class_list
+from tuneforge.data import TaskData, WeightedExamples, class_list
 from tuneforge.errors import ConfigError, DataError, UserError
 from tuneforge.manager import PluginManager
 from tuneforge.run import RunContext, RunFolder, atomic_write_text
@@ -48,6 +48,8 @@ class Prepared:
     monitor: str
     mode: str
     findings: list[Finding] = field(default_factory=list)
+    #: Per-row loss weights from validators with policy ``down-weight`` (row -> weight).
+    row_weights: dict[int, float] = field(default_factory=dict)
 
 
 def resolve_local(spec: str, base_dir: Path | None) -> str:
@@ -191,6 +193,11 @@ def run_validators(prep: Prepared) -> TaskData:
                 data = data.subset(frame.index)
                 data.frame = frame
                 f.action = f"relabelled {len(f.relabel)} rows"
+            elif policy == "down-weight" and f.details.get("weights"):
+                weights = {int(r): float(w) for r, w in f.details["weights"].items()}
+                for row, w in weights.items():
+                    prep.row_weights[row] = min(prep.row_weights.get(row, 1.0), w)
+                f.action = f"down-weighted {len(weights)} rows in the loss"
             elif policy == "drop" and (f.drop if f.drop is not None else f.rows):
                 drop = f.drop if f.drop is not None else f.rows
                 keep = data.frame.index.difference(drop)
@@ -415,6 +422,13 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         )
         val_set = task.make_dataset(data, split.val, prep.tokenizer, prep.preprocessors, [], seed)
         collate = task.collate_fn(prep.tokenizer, trainer.on_cuda)
+        weights = {r: w for r, w in prep.row_weights.items() if r in data.frame.index}
+        if weights:
+            row_w = np.array([weights.get(int(r), 1.0) for r in train_rows], dtype=np.float32)
+            train_set = WeightedExamples(train_set, row_w)
+            train_collate = WeightedExamples.collate(collate)
+        else:
+            train_collate = collate
         model = task.build_model(prep.model_builder, data, prep.tokenizer)
         loss_fn = task.loss_fn(plan.class_weights, focal_gamma=plan.focal_gamma)
         eval_loss = task.loss_fn(None)
@@ -480,7 +494,7 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
             model,
             train_set,
             val_set,
-            collate,
+            train_collate,
             loss_fn,
             evaluate,
             prep.monitor,

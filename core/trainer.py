@@ -212,9 +212,10 @@ class Trainer:
             )
             for batch in bar:
                 labels = batch.pop("labels")
+                weights = batch.pop("sample_weight", None)
                 with acc.accumulate(model):
                     out = model(**batch)
-                    loss = loss_fn(_logits(out).float(), labels)
+                    loss = self._loss(loss_fn, _logits(out).float(), labels, weights)
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.max_grad_norm:
                         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -302,6 +303,22 @@ class Trainer:
                 break
         result.seconds = time.perf_counter() - start
         return result
+
+    @staticmethod
+    def _loss(loss_fn: Any, logits: Any, labels: Any, weights: Any) -> Any:
+        """The batch loss; with per-row weights, their weighted mean of per-row losses."""
+        if weights is None:
+            return loss_fn(logits, labels)
+        if not hasattr(loss_fn, "reduction"):
+            raise UserError(
+                "the task's loss cannot weight rows (no 'reduction'); policy down-weight"
+            )
+        reduction, loss_fn.reduction = loss_fn.reduction, "none"
+        try:
+            per_row = loss_fn(logits, labels)
+        finally:
+            loss_fn.reduction = reduction
+        return (per_row * weights).sum() / weights.sum().clamp_min(1e-12)
 
     def predict(self, model: Any, loader: Any) -> tuple[Any, Any]:
         """Logits (float32, CPU) and labels (or None) over a prepared or plain loader."""

@@ -409,8 +409,8 @@ class LabelNoise(Validator):
 
     Policies: ``warn`` reports; ``drop`` removes the flagged rows; ``fail`` stops the run;
     ``down-weight`` reports and puts ``{row: weight}`` (weight = self-confidence, the
-    probability of the given label) in the finding's ``details["weights"]``. The pipeline does
-    not apply those weights to the loss yet: today ``down-weight`` behaves like ``warn``.
+    probability of the given label) in the finding's ``details["weights"]``; the pipeline
+    multiplies the training loss of those rows by their weight.
     """
 
     class Config(ValidatorConfig):

@@ -28,6 +28,7 @@ def classification_loss(
         def __init__(self) -> None:
             super().__init__()
             self.gamma = float(focal_gamma)
+            self.reduction = "mean"  # "none" gives per-row losses (used for row weights)
             self.register_buffer("weight", weight if weight is not None else torch.ones(0))
 
         def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,9 @@ def classification_loss(
             loss = -((1 - log_pt.exp()) ** self.gamma) * log_pt
             if self.weight.numel():
                 w = self.weight[target.long()]
+                if self.reduction == "none":
+                    return loss * w
                 return (loss * w).sum() / w.sum()
-            return loss.mean()
+            return loss if self.reduction == "none" else loss.mean()
 
     return FocalLoss()

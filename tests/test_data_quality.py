@@ -197,3 +197,64 @@ def test_focal_loss_balancer_trains(project) -> None:
     assert "balancer: focal loss (gamma 2)" in proc.stdout
     metrics = json.loads((project.root / "runs" / "run" / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > metrics["test"]["majority_baseline_accuracy"] + 0.2
+
+
+DOWN_WEIGHT = """
+from tuneforge import hookimpl
+from tuneforge.components import Finding, Validator, ValidatorConfig
+
+
+class DoubtTechnical(Validator):
+    '''Doubts every 'technical' row: weight 0 in the loss.'''
+
+    class Config(ValidatorConfig):
+        policy: str = "down-weight"
+
+    def check(self, data, task=None):
+        rows = [int(r) for r in data.frame.index[data.frame[data.target] == "technical"]]
+        return [Finding("doubt", "warning", f"{len(rows)} doubted", rows,
+                        details={"weights": {r: 0.0 for r in rows}})]
+
+
+@hookimpl
+def register_validators(register):
+    register("doubt-technical", DoubtTechnical)
+"""
+
+
+def test_down_weighted_rows_do_not_teach_the_model(project) -> None:
+    """Weight 0 on every 'technical' training row: the model never learns to predict it."""
+    (project.root / "doubt.py").write_text(DOWN_WEIGHT)
+    cfg = project.config(plugins={"local": ["doubt.py"]}, validators=["doubt-technical"])
+    proc = run_cli("run", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    run = project.root / "runs" / "run"
+    [finding] = [
+        f
+        for f in json.loads((run / "findings.json").read_text())["findings"]
+        if f["kind"] == "doubt"
+    ]
+    assert finding["action"].startswith("down-weighted ") and finding["action"].endswith(
+        " rows in the loss"
+    )
+    import pandas as pd
+
+    pred = pd.read_csv(run / "predictions_test.csv")
+    assert (pred["y_pred"] == "technical").sum() == 0
+    others = pred[pred["y_true"] != "technical"]
+    assert (others["y_true"] == others["y_pred"]).mean() > 0.9  # the rest is learnt
+
+
+def test_weighted_loss_is_the_weighted_mean_of_row_losses() -> None:
+    from tuneforge.trainer import Trainer
+
+    logits = torch.tensor([[2.0, 0.5], [0.1, 0.2], [-1.0, 3.0]])
+    target = torch.tensor([0, 1, 1])
+    w = torch.tensor([1.0, 0.0, 0.5])
+    for loss_fn in (classification_loss(None), classification_loss(None, 2.0)):
+        loss_fn.reduction = "none"
+        per_row = loss_fn(logits, target)
+        loss_fn.reduction = "mean"
+        expected = (per_row * w).sum() / w.sum()
+        assert Trainer._loss(loss_fn, logits, target, w).item() == pytest.approx(expected.item())
+        assert loss_fn.reduction == "mean"
