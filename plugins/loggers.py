@@ -169,6 +169,22 @@ class _Logger(Component):
     def _active(self, run: RunContext) -> bool:
         return self._run is not None and not self._ended and run is self._run
 
+    def _log_split(self, split: str, metrics: dict[str, float]) -> None:
+        """Write the metrics of one evaluated split (``test``; ``val`` comes per epoch)."""
+        raise NotImplementedError
+
+    @hookimpl
+    def on_evaluate(self, run: RunContext, split: str, metrics: dict[str, float]) -> None:
+        # Validation metrics arrive again, with their epoch, in on_epoch_end.
+        if self._active(run) and split != "val":
+            self._log_split(split, metrics)
+            self._test_logged = self._test_logged or split == "test"
+
+    def _log_final_test(self, metrics: dict[str, float], status: str) -> None:
+        """Test metrics handed to on_run_end that no on_evaluate delivered."""
+        if status == "completed" and metrics and not self._test_logged:
+            self._log_split("test", metrics)
+
     @staticmethod
     def _in_run_folder(run: RunContext, path: str) -> Path:
         p = Path(path).expanduser()
@@ -246,12 +262,8 @@ class CsvLogger(_Logger):
             self._last_epoch = epoch
             self._rows(None, epoch, {k: v for k, v in metrics.items() if k != "epoch"})
 
-    @hookimpl
-    def on_evaluate(self, run: RunContext, split: str, metrics: dict[str, float]) -> None:
-        # Validation metrics arrive again, with their epoch, in on_epoch_end.
-        if self._active(run) and split != "val":
-            self._rows(None, None, metrics, prefix=f"{split}.")
-            self._test_logged = self._test_logged or split == "test"
+    def _log_split(self, split: str, metrics: dict[str, float]) -> None:
+        self._rows(None, None, metrics, prefix=f"{split}.")
 
     @hookimpl
     def on_run_end(self, run: RunContext, metrics: dict[str, float], status: str) -> None:
@@ -259,8 +271,7 @@ class CsvLogger(_Logger):
             return
         self._ended = True
         try:
-            if status == "completed" and metrics and not self._test_logged:
-                self._rows(None, None, metrics, prefix="test.")
+            self._log_final_test(metrics, status)
         except Exception as exc:  # never lose a finished run to a logging problem
             _warn(f"csv logger: {type(exc).__name__}: {exc}")
         finally:
@@ -366,19 +377,12 @@ class TensorBoardLogger(_Logger):
         self._writer.flush()
 
     @hookimpl
-    def on_evaluate(self, run: RunContext, split: str, metrics: dict[str, float]) -> None:
-        if self._active(run) and split != "val":
-            self._log_split(split, metrics)
-            self._test_logged = self._test_logged or split == "test"
-
-    @hookimpl
     def on_run_end(self, run: RunContext, metrics: dict[str, float], status: str) -> None:
         if not self._active(run):
             return
         self._ended = True
         try:
-            if status == "completed" and metrics and not self._test_logged:
-                self._log_split("test", metrics)
+            self._log_final_test(metrics, status)
         except Exception as exc:  # never lose a finished run to a logging problem
             _warn(f"tensorboard logger: {type(exc).__name__}: {exc}")
         finally:
@@ -546,11 +550,8 @@ class MlflowLogger(_Logger):
                 values[f"train_epoch.{name}" if split == "train" else key] = value
         self._log_metrics(values, epoch)
 
-    @hookimpl
-    def on_evaluate(self, run: RunContext, split: str, metrics: dict[str, float]) -> None:
-        if self._active(run) and split != "val":
-            self._log_metrics({f"{split}.{k}": v for k, v in metrics.items()}, self._last_epoch)
-            self._test_logged = self._test_logged or split == "test"
+    def _log_split(self, split: str, metrics: dict[str, float]) -> None:
+        self._log_metrics({f"{split}.{k}": v for k, v in metrics.items()}, self._last_epoch)
 
     def _log_artifacts(self, run: RunContext) -> None:
         folder = Path(run.run_dir)
@@ -576,9 +577,8 @@ class MlflowLogger(_Logger):
         self._ended = True
         # A finished run must never be lost to a tracking problem: warn instead of raising.
         try:
-            if metrics and status == "completed" and not self._test_logged:
-                self._log_metrics({f"test.{k}": v for k, v in metrics.items()}, self._last_epoch)
-            elif metrics and status == "trained":
+            self._log_final_test(metrics, status)
+            if metrics and status == "trained":
                 self._log_metrics({f"best_val.{k}": v for k, v in metrics.items()}, 0)
             self._log_artifacts(run)
         except Exception as exc:
