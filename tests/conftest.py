@@ -32,6 +32,16 @@ def run_cli(
     )
 
 
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """A user error as the CLI must report it: exit 2, one line, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("tuneforge: error: ")
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("tiny-models")

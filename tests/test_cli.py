@@ -10,17 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 from tinymodels import make_texts, write_csv
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert lines[0].startswith("tuneforge: error: ")
-    return lines[0]
 
 
 def test_plugins_listing_does_not_import_torch() -> None:

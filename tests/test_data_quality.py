@@ -12,15 +12,8 @@ import torch
 from tuneforge.plugins.balancers import WeightedSampler
 from tuneforge.plugins.losses import classification_loss
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 from tinymodels import make_texts, write_csv
-
-
-def one_line(proc) -> str:
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tuneforge: error: "), proc.stderr
-    return lines[0]
 
 
 def nothing_written(project) -> bool:
@@ -33,7 +26,7 @@ def test_fail_on_turns_a_finding_into_an_error(project) -> None:
     rows.append((rows[0][0], "technical" if rows[0][1] != "technical" else "billing"))
     write_csv(project.root / "conflict.csv", rows)
     cfg = project.config(data={"path": "conflict.csv"}, fail_on=["conflicting-labels"])
-    err = one_line(run_cli("run", str(cfg)))
+    err = one_line_error(run_cli("run", str(cfg)))
     assert "fail_on 'conflicting-labels' (conflicting-labels)" in err and "rows 0, 60" in err
     assert nothing_written(project)
 
@@ -58,7 +51,7 @@ def test_leakage_check_compares_the_final_splits(project) -> None:
         split={"group_duplicates": False},
         fail_on=["leakage"],
     )
-    assert "fail_on 'leakage'" in one_line(run_cli("run", str(strict)))
+    assert "fail_on 'leakage'" in one_line_error(run_cli("run", str(strict)))
     assert nothing_written(project)
 
 
@@ -128,7 +121,7 @@ def test_declared_classes(project) -> None:
     missing = project.config(
         "missing.yaml", data={"path": "data.csv", "classes": ["billing", "shipping"]}
     )
-    err = one_line(run_cli("validate", str(missing)))
+    err = one_line_error(run_cli("validate", str(missing)))
     assert (
         "label 'technical' is not in data.classes ['billing', 'shipping']" in err and "row " in err
     )
@@ -138,15 +131,15 @@ def test_bad_files(project) -> None:
     (project.root / "latin.csv").write_bytes(
         "text,label\nok,a\ncaf\xe9 ol\xe9,b\n".encode("latin-1")
     )
-    err = one_line(run_cli("validate", str(project.config(data={"path": "latin.csv"}))))
+    err = one_line_error(run_cli("validate", str(project.config(data={"path": "latin.csv"}))))
     assert "latin.csv: line 3 (byte 0xe9) is not valid utf-8" in err and "data.read_options" in err
     (project.root / "ragged.csv").write_text("text,label\nhello,a\nworld,b,extra\n")
-    err = one_line(run_cli("validate", str(project.config(data={"path": "ragged.csv"}))))
+    err = one_line_error(run_cli("validate", str(project.config(data={"path": "ragged.csv"}))))
     assert "line 3 has 3 fields where the header has 2" in err
     write_csv(
         project.root / "same.csv", [("refund my card", "billing"), ("parcel late", "shipping")] * 20
     )
-    err = one_line(run_cli("run", str(project.config(data={"path": "same.csv"}))))
+    err = one_line_error(run_cli("run", str(project.config(data={"path": "same.csv"}))))
     assert "the val and test splits are empty: 40 rows in 2 distinct examples" in err
     assert nothing_written(project)
 

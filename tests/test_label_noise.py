@@ -27,7 +27,7 @@ from tuneforge.plugins.label_noise import (
     oof_probabilities,
 )
 
-from conftest import SHARED_DATA, run_cli
+from conftest import SHARED_DATA, one_line_error, run_cli
 from tinymodels import CLASS_WORDS, make_texts, write_csv
 
 CLASSES = sorted(CLASS_WORDS)
@@ -247,14 +247,6 @@ def plugin_args(tmp_path: Path) -> list[str]:
         "from tuneforge.plugins.label_noise import register_validators  # noqa\n"
     )
     return ["--plugin", str(path)]
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("tuneforge: error: ")
-    return lines[0]
 
 
 def label_noise_finding(proc: subprocess.CompletedProcess[str]) -> dict:

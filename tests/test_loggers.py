@@ -13,16 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run_cli
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert lines[0].startswith("tuneforge: error: ")
-    return lines[0]
+from conftest import one_line_error, run_cli
 
 
 def nothing_written(project) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 from tinymodels import make_texts, write_csv
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,13 +32,6 @@ CLASSIFICATION_PLOTS = {
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tuneforge: error: "), proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

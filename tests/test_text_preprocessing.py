@@ -35,7 +35,7 @@ from tuneforge.plugins.text.preprocess import (
 )
 from tuneforge.plugins.text.task import TextClassificationTask
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 TASK = TextClassificationTask()
 WARNING = re.compile(
@@ -54,14 +54,6 @@ def text_data(texts: list[str], labels: list[str]) -> TaskData:
         "gen.csv",
         modalities={"text": "text"},
     )
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("tuneforge: error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
