@@ -206,10 +206,6 @@ class TunerRef(ComponentRef):
 
     space: dict[str, Distribution] = Field(default_factory=dict)
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
     def as_yaml(self) -> dict[str, Any] | str:
         out: dict[str, Any] = {"name": self.name, **self.params}
         out["space"] = {k: v.model_dump(exclude_none=True) for k, v in self.space.items()}

@@ -11,8 +11,10 @@ from tuneforge.data import TaskData
 from tuneforge.hookspecs import Register
 
 
-def _class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.bincount(labels, minlength=n_classes)
+def _train_labels(data: TaskData, train_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids of the training rows and the count of each class."""
+    labels = data.subset(train_rows).label_ids()
+    return labels, np.bincount(labels, minlength=len(data.classes or []))
 
 
 class NoBalance(Balancer):
@@ -31,8 +33,7 @@ class Oversample(Balancer):
         )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
-        labels = data.subset(train_rows).label_ids()
-        counts = _class_counts(labels, len(data.classes or []))
+        labels, counts = _train_labels(data, train_rows)
         target = int(np.ceil(counts.max() * self.config.ratio))
         picks = [np.arange(len(labels))]
         for c, n in enumerate(counts):
@@ -52,8 +53,7 @@ class Undersample(Balancer):
         )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
-        labels = data.subset(train_rows).label_ids()
-        counts = _class_counts(labels, len(data.classes or []))
+        labels, counts = _train_labels(data, train_rows)
         present = counts[counts > 0]
         cap = int(np.floor(present.min() * self.config.ratio))
         picks = []
@@ -97,8 +97,7 @@ class WeightedSampler(Balancer):
         )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
-        labels = data.subset(train_rows).label_ids()
-        counts = _class_counts(labels, len(data.classes or []))
+        labels, counts = _train_labels(data, train_rows)
         per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0) ** self.config.power
         return BalancePlan(
             sample_weights=per_class[labels], note=f"weighted sampler (power {self.config.power:g})"
