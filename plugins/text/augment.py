@@ -95,6 +95,12 @@ QWERTY_NEIGHBOURS: dict[str, str] = {
 }
 
 
+class RowConfig(StrictConfig):
+    """Parameters every row-level text augmenter has."""
+
+    p: float = Field(0.5, ge=0, le=1, description="probability that a row is augmented")
+
+
 class _TextAugmenter(Augmenter):
     """Applies :meth:`augment_text` to the ``text`` and ``text_pair`` of a row with probability ``p``.
 
@@ -125,8 +131,7 @@ def _count(fraction: float, n: int) -> int:
 class WordSwap(_TextAugmenter):
     """Random swap (EDA): exchange two randomly chosen words, ``fraction`` x words times."""
 
-    class Config(StrictConfig):
-        p: float = Field(0.5, ge=0, le=1, description="probability that a row is augmented")
+    class Config(RowConfig):
         fraction: float = Field(
             0.1, gt=0, le=1, description="swaps per word (rounded down, at least one)"
         )
@@ -145,8 +150,7 @@ class WordSwap(_TextAugmenter):
 class WordDelete(_TextAugmenter):
     """Random deletion (EDA): drop each word with probability ``rate``; one word always stays."""
 
-    class Config(StrictConfig):
-        p: float = Field(0.5, ge=0, le=1, description="probability that a row is augmented")
+    class Config(RowConfig):
         rate: float = Field(0.1, gt=0, lt=1, description="per-word deletion probability")
         min_words: int = Field(3, ge=2, description="texts shorter than this are left alone")
 
@@ -165,8 +169,7 @@ class WordInsert(_TextAugmenter):
     tuneforge does not make at run time, so the inserted words come from the row itself.
     """
 
-    class Config(StrictConfig):
-        p: float = Field(0.5, ge=0, le=1, description="probability that a row is augmented")
+    class Config(RowConfig):
         fraction: float = Field(
             0.1, gt=0, le=1, description="insertions per word (rounded down, at least one)"
         )
@@ -194,8 +197,7 @@ class Typo(_TextAugmenter):
     ``min_length`` letters are left alone.
     """
 
-    class Config(StrictConfig):
-        p: float = Field(0.5, ge=0, le=1, description="probability that a row is augmented")
+    class Config(RowConfig):
         rate: float = Field(0.1, gt=0, le=1, description="probability of a typo per word")
         ops: list[TypoOp] = Field(
             default_factory=lambda: ["swap", "drop", "duplicate", "keyboard"],
