@@ -73,7 +73,14 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
     sub.required = True
 
     p = sub.add_parser("run", help="run a config: validate, split, balance, train, evaluate")
-    p.add_argument("config", type=Path)
+    p.add_argument("config", type=Path, nargs="?", default=None)
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="continue a killed run (its output.dir) from its last training-state checkpoint",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -151,8 +158,20 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path, dict[str, Any], list[tup
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tuneforge.pipeline import run
+    from tuneforge.pipeline import resume_run, run
 
+    if args.resume is not None:
+        if args.config is not None or args.overrides or args.overwrite:
+            raise UserError(
+                "--resume continues a run with the config it started with: give no CONFIG, "
+                "--set or --overwrite"
+            )
+        resume_run(
+            args.resume, _console(args), args.disable_plugin, args.plugin, args.strict_plugins
+        )
+        return 0
+    if args.config is None:
+        raise UserError("run: give a CONFIG file (or --resume RUN to continue a killed run)")
     cfg, base, raw, overrides = _load(args)
     pm = _manager(args, cfg, base)
     run(cfg, base, pm, _console(args), overwrite=args.overwrite, raw=raw, overrides=overrides)

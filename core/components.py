@@ -9,6 +9,7 @@ their methods.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -156,14 +157,27 @@ class Metric(Component):
 # -- tuners -------------------------------------------------------------------------------
 
 
+class TrialPruned(Exception):
+    """Raised inside a trial's training when its tuner decides to stop it early (pruning)."""
+
+
 @dataclass
 class Trial:
+    """One parameter set of a study.
+
+    ``report(epoch, value) -> bool`` is set by tuners that prune (optuna): the objective calls it
+    with the monitored validation value after every epoch, and stops the trial (state
+    ``pruned``) when it returns True. ``intermediate`` keeps the reported values.
+    """
+
     number: int
     params: dict[str, Any]
     value: float | None = None
     state: str = "pending"  # pending, complete, failed, pruned
     seconds: float = 0.0
     run_dir: str | None = None
+    report: Callable[[int, float], bool] | None = None
+    intermediate: dict[int, float] = field(default_factory=dict)
 
 
 class Tuner(Component):
@@ -177,6 +191,49 @@ class Tuner(Component):
     """
 
     def search(self, space: dict[str, Any], objective: Any, direction: str) -> list[Trial]:
+        raise NotImplementedError
+
+
+# -- advisors -----------------------------------------------------------------------------
+
+
+@dataclass
+class Diagnosis:
+    """One problem an advisor found in a finished run, with the evidence and a config patch.
+
+    :param kind: e.g. ``"overfitting"``, ``"underfitting"``, ``"divergence"``.
+    :param evidence: the numbers that show it, in one or two sentences.
+    :param patch: dotted config key -> new value (``{"trainer.weight_decay": 0.1}``); applied
+        with the same rules as ``--set``. Empty when the advisor has no change to propose.
+    :param reasons: config key -> why that change helps.
+    """
+
+    kind: str
+    evidence: str
+    patch: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    severity: Severity = "warning"
+    advisor: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "advisor": self.advisor,
+            "kind": self.kind,
+            "severity": self.severity,
+            "evidence": self.evidence,
+            "patch": self.patch,
+            "reasons": self.reasons,
+        }
+
+
+class Advisor(Component):
+    """Reads a finished run (:class:`tuneforge.advice.RunRecord`) and diagnoses it.
+
+    Advisors must judge on training and validation evidence only: the test split is for the
+    final comparison, never for choosing the next round's config.
+    """
+
+    def diagnose(self, run: Any) -> list[Diagnosis]:
         raise NotImplementedError
 
 

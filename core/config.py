@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 import difflib
 import re
@@ -134,6 +135,12 @@ class TrainerConfig(Strict):
     eval_batch_size: int | None = Field(None, ge=1)
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
+    l1: float = Field(
+        0.0,
+        ge=0,
+        description="L1 penalty: adds l1 * sum(|w|) over the weight-decayed parameters to the "
+        "training loss (the logged train loss stays the data loss)",
+    )
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
@@ -150,9 +157,53 @@ class TrainerConfig(Strict):
         3, ge=1, description="epochs without improvement; null disables"
     )
     early_stopping_min_delta: float = Field(0.0, ge=0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="data loader worker processes; auto: min(4, CPUs per process) on CUDA, 0 on CPU",
+    )
+    prefetch_factor: int | None = Field(
+        None, ge=1, description="batches each worker loads ahead (torch default 2); needs workers"
+    )
+    group_by_length: bool = Field(
+        False, description="text: batch examples of similar length (less padding), still shuffled"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (inductor); pays off on GPU for long runs"
+    )
     log_every_n_steps: int = Field(10, ge=1)
     seed: int = 42
+    deterministic: bool = Field(
+        False,
+        description="reproducible runs: deterministic torch algorithms and cuDNN, fixed cuBLAS "
+        "workspace (slower on GPU)",
+    )
+    checkpoint_every_n_steps: int | None = Field(
+        None,
+        ge=0,
+        description="also save the training state every N optimizer steps (for --resume); "
+        "null/0: at the end of each epoch only",
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="training-state checkpoints kept")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a step with a NaN/inf loss or gradients is never applied; stop: end the "
+        "run with a diagnosis, skip: skip the step and go on",
+    )
+    nonfinite_max_consecutive: int = Field(
+        10, ge=1, description="skip: stop after more than this many non-finite steps in a row"
+    )
+    auto_batch_size: bool | None = Field(
+        None,
+        description="on out-of-memory, halve the micro-batch and accumulate to keep the "
+        "effective batch; null: on CUDA only",
+    )
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be 0 or more, or auto")
+        return value
 
 
 class OutputConfig(Strict):
@@ -174,7 +225,7 @@ class Distribution(Strict):
     choice: list[Any] | None = None
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Distribution:
@@ -184,8 +235,11 @@ class Distribution(Strict):
         if len(set_) != 1:
             raise ValueError("give exactly one of choice, uniform, loguniform, int")
         kind = set_[0]
-        if kind == "choice" and not self.choice:
-            raise ValueError("choice needs at least one value")
+        if kind == "choice" and len(self.choice) < 2:
+            raise ValueError(
+                "choice needs at least two values (a single value is not a search: set the key "
+                "in the config instead)"
+            )
         if kind in ("uniform", "loguniform", "int"):
             lo, hi = getattr(self, kind)
             if not lo < hi:
@@ -212,6 +266,38 @@ class TunerRef(ComponentRef):
         return out
 
 
+class ModelRef(ComponentRef):
+    """``model: {name: x, param: value}``, or ``model: {candidates: [a, {name: b, ...}]}``.
+
+    With ``candidates`` every candidate is trained on the same split and the best on the
+    validation metric wins (a grid study over ``model``); only the winner is tested.
+    """
+
+    name: str | None = Field(None, min_length=1, description="the registered model name")
+    candidates: list[ComponentRef] | None = Field(
+        None, description="model selection: train each, keep the best on validation"
+    )
+
+    @model_validator(mode="after")
+    def _name_or_candidates(self) -> ModelRef:
+        if self.candidates is None:
+            if self.name is None:
+                raise ValueError("give name (a model) or candidates (model selection)")
+            return self
+        if self.name is not None or self.params:
+            raise ValueError(
+                "with candidates, put name and parameters inside each candidate, not beside them"
+            )
+        if len(self.candidates) < 2:
+            raise ValueError("candidates needs at least two models to select from")
+        return self
+
+    def as_yaml(self) -> dict[str, Any] | str:
+        if self.candidates is not None:
+            return {"candidates": [c.as_yaml() for c in self.candidates]}
+        return super().as_yaml()
+
+
 class RunConfig(Strict):
     """A whole run. Component sections left out take the task's defaults."""
 
@@ -223,7 +309,7 @@ class RunConfig(Strict):
     augmenters: list[ComponentRef] = Field(default_factory=list)
     preprocessors: list[ComponentRef] = Field(default_factory=list)
     tokenizer: ComponentRef | None = None
-    model: ComponentRef | None = None
+    model: ModelRef | None = None
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tuner: TunerRef | None = None
     metrics: list[ComponentRef] | None = None

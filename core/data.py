@@ -118,6 +118,31 @@ def class_list(values: Any) -> list[Any]:
     return sorted(plain, key=lambda v: (str(type(v)), v))
 
 
+def resolve_classes(
+    frame: pd.DataFrame, label: str, declared: list[Any] | None, path: Path
+) -> list[Any]:
+    """The classes of a classification dataset: ``declared`` (``data.classes``) when given, every
+    label then checked against it, else the distinct labels; at least two."""
+    classes = class_list(frame[label])
+    if declared:
+        declared = list(declared)
+        undeclared = frame.index[frame[label].notna() & ~frame[label].isin(declared)]
+        if len(undeclared):
+            row = int(undeclared[0])
+            raise DataError(
+                f"{path}: row {row}: label {frame.loc[row, label]!r} is not in data.classes "
+                f"{declared} ({len(undeclared)} rows in all)"
+            )
+        classes = declared
+    if len(classes) < 2:
+        only = f" (only {classes[0]!r})" if classes else ""
+        raise DataError(
+            f"{path}: label column {label!r} has {len(classes)} class{only}; "
+            "classification needs at least two"
+        )
+    return classes
+
+
 def require_columns(frame: pd.DataFrame, columns: dict[str, str], path: Path) -> None:
     """Fail with the config key and the available columns when a column is missing."""
     for key, col in columns.items():

@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tuneforge import hookspec
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from pathlib import Path
+
+    from tuneforge.components import Trial
     from tuneforge.run import RunContext
 
 
@@ -120,6 +123,17 @@ def register_callbacks(register: Register) -> None:
 
 
 @hookspec
+def register_advisors(register: Register) -> None:
+    """Register advisors (:class:`tuneforge.components.Advisor`) for ``tuneforge refine``.
+
+    An advisor reads a finished run's history, findings and metrics and returns diagnoses
+    (overfitting, divergence...) with the evidence and a config patch for the next round.
+
+    :param register: ``register(name, target, description="")``.
+    """
+
+
+@hookspec
 def register_commands(register: Register) -> None:
     """Register extra CLI sub-commands (:class:`tuneforge.components.Command`).
 
@@ -176,4 +190,19 @@ def on_run_end(run: RunContext, metrics: dict[str, float], status: str) -> None:
     :param metrics: the final metrics: test metrics when completed, the best validation metrics
         for a tuner trial (``"trained"``: trials are never tested), empty when failed.
     :param status: ``"completed"``, ``"trained"`` (a tuner trial) or ``"failed"``.
+    """
+
+
+@hookspec
+def on_study_end(
+    study_dir: Path, trials: list[Trial], space: dict[str, Any], monitor: str, direction: str
+) -> None:
+    """Called once a hyperparameter study has run its trials, before the winner is tested.
+
+    :param study_dir: the study folder (``trials.csv`` is written; ``plots/`` is free to use).
+    :param trials: every trial of this search, with params, value, state, seconds and the
+        per-epoch validation values (``intermediate``).
+    :param space: the search space: config key to :class:`tuneforge.config.Distribution`.
+    :param monitor: the validation metric the study optimises, e.g. ``"val.accuracy"``.
+    :param direction: ``"max"`` or ``"min"``.
     """

@@ -4,6 +4,7 @@ evaluate -> run folder. Modality-specific work is delegated to the task plugin."
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -15,13 +16,23 @@ import numpy as np
 import yaml
 
 import tuneforge
-from tuneforge.components import BalancePlan, Finding, Trial
-from tuneforge.config import ComponentRef, RunConfig, build_config, dump_config, instantiate
+from tuneforge.components import BalancePlan, Finding, Trial, TrialPruned
+from tuneforge.config import (
+    ComponentRef,
+    Distribution,
+    ModelRef,
+    RunConfig,
+    TunerRef,
+    build_config,
+    dump_config,
+    instantiate,
+)
 from tuneforge.console import Console
 from tuneforge.data import TaskData, WeightedExamples, class_list
 from tuneforge.errors import ConfigError, DataError, UserError
 from tuneforge.manager import PluginManager
 from tuneforge.run import RunContext, RunFolder, atomic_write_text
+from tuneforge.sampling import is_main_process, process_count, process_rank
 from tuneforge.secrets import mask_tree
 from tuneforge.split import Split, make_split
 
@@ -80,7 +91,8 @@ def _with_defaults(cfg: RunConfig, defaults: dict[str, Any]) -> RunConfig:
             setattr(cfg, key, [ComponentRef.model_validate(v) for v in defaults[key]])
     for key in ("tokenizer", "model"):
         if getattr(cfg, key) is None and key in defaults:
-            setattr(cfg, key, ComponentRef.model_validate(defaults[key]))
+            ref_type = ModelRef if key == "model" else ComponentRef
+            setattr(cfg, key, ref_type.model_validate(defaults[key]))
     return cfg
 
 
@@ -104,6 +116,12 @@ def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
     ]
     if cfg.model is None:
         raise ConfigError("model", f"required: task {cfg.task!r} has no default model")
+    if cfg.model.candidates:
+        # Model selection: every candidate must resolve; the first stands in for validation.
+        for i, cand in enumerate(cfg.model.candidates):
+            instantiate(regs, "models", cand, f"model.candidates[{i}]")
+        cfg = cfg.model_copy(deep=True)
+        cfg.model = ModelRef.model_validate(cfg.model.candidates[0].model_dump())
     # Tasks whose inputs need no tokenizer (tabular) have none by default.
     tokenizer = (
         None
@@ -323,6 +341,12 @@ def prediction_frame(task: Any, data: TaskData, rows: np.ndarray, logits: Any, l
         frame["y_pred"] = names[y_pred]
         for j, name in enumerate(names):
             frame[f"prob_{name}"] = y_score[:, j]
+    elif np.ndim(y_pred) == 2:  # several targets: one true/predicted column pair each
+        names = data.target if isinstance(data.target, list) else range(y_pred.shape[1])
+        for j, name in enumerate(names):
+            if y_true is not None:
+                frame[f"y_true_{name}"] = y_true[:, j]
+            frame[f"y_pred_{name}"] = y_pred[:, j]
     else:
         if y_true is not None:
             frame["y_true"] = list(y_true)
@@ -341,8 +365,22 @@ class Outcome:
     evaluate_test: Callable[[], tuple[dict[str, float], Any]] | None = None
 
 
-def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None) -> Outcome:
-    """Validate, split, balance, train; writes everything but the test metrics into ``folder``."""
+def train(
+    prep: Prepared,
+    folder: RunFolder,
+    log: Log,
+    trial: int | None = None,
+    epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
+    resume: Path | None = None,
+) -> Outcome:
+    """Validate, split, balance, train; writes everything but the test metrics into ``folder``.
+
+    :param resume: a training-state checkpoint of this run (``state/step-NNNNNN``) to continue
+        from; the data must give the split recorded in ``split.json``.
+
+    :param epoch_callback: called with ``(epoch, row)`` after each epoch's history row is logged;
+        it may raise :class:`~tuneforge.components.TrialPruned` to stop a tuner's trial.
+    """
     cfg, task = prep.config, prep.task
     data = run_validators(prep)
     for f in prep.findings:
@@ -356,9 +394,25 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         log(f"  [{leak.severity}] split: {leak.message}")
         if "leakage" in cfg.fail_on:
             raise DataError(f"{data.source}: fail_on 'leakage': {leak.message}")
+    for i, (name, metric) in enumerate(prep.metrics.items()):
+        check = getattr(metric, "check_data", None)  # a metric undefined on this data says why
+        if check is not None:
+            try:
+                check(data)
+            except UserError as exc:
+                raise ConfigError(f"metrics[{i}]", f"{name}: {exc}") from None
+    if hasattr(task, "fit"):  # train-split state (target scaler, feature preprocessing)
+        task.fit(data, split.train, prep.model_builder)
     rng = np.random.default_rng(cfg.split.seed)
     plan: BalancePlan = prep.balancer.plan(data, split.train, rng)
     train_rows = split.train if plan.indices is None else split.train[plan.indices]
+    synthetic = getattr(plan, "synthetic", None)  # rows a balancer made (SMOTE): train only
+    if synthetic is not None and len(synthetic):
+        import pandas as pd
+
+        data = data.subset(data.frame.index)
+        data.frame = pd.concat([data.frame, synthetic])
+        train_rows = np.concatenate([train_rows, synthetic.index.to_numpy()])
     sizes = {"train": len(train_rows), "val": len(split.val), "test": len(split.test)}
     log(f"split {split.sizes()} (train after balancing: {len(train_rows)}); balancer: {plan.note}")
     ctx = RunContext(
@@ -375,7 +429,10 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
     resolved = dump_config(cfg)
     resolved["data"]["path"] = str(Path(data.source).resolve())
     resolved["plugins"]["local"] = [resolve_local(s, prep.base_dir) for s in cfg.plugins.local]
-    folder.write_yaml("config.yaml", mask_tree(resolved))  # no passwords in the run folder
+    if resume is None:  # a resumed run keeps its config.yaml as written
+        folder.write_yaml("config.yaml", mask_tree(resolved))  # no passwords in the run folder
+    else:
+        _check_same_split(folder.path / "split.json", split, train_rows, data.source)
     folder.write_json(
         "findings.json",
         {
@@ -406,9 +463,10 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
             "problem": task.problem,
         },
     )
-    for cb in prep.callbacks:
+    main = is_main_process()  # other processes of a multi-process run observe nothing
+    for cb in prep.callbacks if main else []:
         prep.pm.pm.register(cb)
-    hook = prep.pm.hook
+    hook = prep.pm.hook if main else _NoHooks()
     try:
         hook.on_run_start(run=ctx)  # a logger that cannot connect fails here: nothing is kept
         folder.training_started = True
@@ -423,6 +481,8 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         val_set = task.make_dataset(data, split.val, prep.tokenizer, prep.preprocessors, [], seed)
         collate = task.collate_fn(prep.tokenizer, trainer.on_cuda)
         weights = {r: w for r, w in prep.row_weights.items() if r in data.frame.index}
+        for r, w in (getattr(plan, "row_weights", None) or {}).items():  # balancer loss weights
+            weights[r] = weights.get(r, 1.0) * w
         if weights:
             row_w = np.array([weights.get(int(r), 1.0) for r in train_rows], dtype=np.float32)
             train_set = WeightedExamples(train_set, row_w)
@@ -473,6 +533,8 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
                         }
                     )
             hook.on_epoch_end(run=ctx, epoch=epoch, metrics=row)
+            if epoch_callback is not None:
+                epoch_callback(epoch, row)
 
         def on_log(step: int, values: dict[str, float]) -> None:
             now = time.time()
@@ -507,8 +569,9 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
             else plan.sample_weights[plan.indices]
             if plan.indices is not None
             else plan.sample_weights,
+            **_state_args(folder, trial, resume, ckpt_dir, ctx, prep),
         )
-        if not ckpt.exists():
+        if main and not ckpt.exists():
             raise UserError(f"no checkpoint was saved: val.{prep.monitor} was never finite")
         best_row = result.history[(result.best_epoch or 1) - 1]
         train_metrics = {
@@ -524,29 +587,35 @@ def train(prep: Prepared, folder: RunFolder, log: Log, trial: int | None = None)
         }
 
         def evaluate_test() -> tuple[dict[str, float], Any]:
+            # On the main process alone (the others have finished): no collective calls.
             best_model = task.load_artifacts(ckpt_dir(), prep.tokenizer, prep.model_builder)
-            best_model = trainer.prepare_model(best_model)
+            best_model = trainer.prepare_model(best_model, local=True)
             test_set = task.make_dataset(
                 data, split.test, prep.tokenizer, prep.preprocessors, [], seed
             )
-            logits, labels = trainer.predict(best_model, trainer.loader(test_set, collate))
+            test_dl = trainer.loader(test_set, collate, local=True)
+            logits, labels = trainer.predict(best_model, test_dl)
             metrics = evaluate_metrics(prep, logits, labels, eval_loss)
-            base = majority_baseline(data, split.train, split.test)
-            if base is not None:
-                metrics["majority_baseline_accuracy"] = base
+            if hasattr(task, "baselines"):  # reference models on the same split
+                metrics.update(task.baselines(data, split, prep.metrics))
+            else:
+                base = majority_baseline(data, split.train, split.test)
+                if base is not None:
+                    metrics["majority_baseline_accuracy"] = base
             hook.on_evaluate(run=ctx, split="test", metrics=metrics)
             return metrics, prediction_frame(task, data, split.test, logits, labels)
 
         return Outcome(folder, ctx, train_metrics, result.best_value, evaluate_test)
-    except BaseException:
-        end_run(prep, ctx, {}, "failed")
+    except BaseException as exc:
+        end_run(prep, ctx, {}, "pruned" if isinstance(exc, TrialPruned) else "failed")
         raise
 
 
 def end_run(prep: Prepared, ctx: RunContext, metrics: dict[str, Any], status: str) -> None:
     """Call ``on_run_end``, then release the run's callbacks (registered in :func:`train`)."""
     try:
-        prep.pm.hook.on_run_end(run=ctx, metrics=metrics, status=status)
+        if is_main_process():
+            prep.pm.hook.on_run_end(run=ctx, metrics=metrics, status=status)
     finally:
         for cb in prep.callbacks:
             if prep.pm.pm.is_registered(cb):
@@ -616,18 +685,228 @@ def run(
     raw: dict[str, Any] | None = None,
     overrides: list[tuple[str, Any]] = (),
 ) -> Path:
-    """Run a config end to end (or a hyperparameter study when ``tuner`` is set)."""
+    """Run a config end to end (or a study when ``tuner`` or ``model.candidates`` is set)."""
     started = time.time()
+    if cfg.model is not None and cfg.model.candidates:
+        for i, cand in enumerate(cfg.model.candidates):
+            instantiate(pm.registries, "models", cand, f"model.candidates[{i}]")
+        cfg = with_model_selection(cfg)
+        raw, overrides = dump_config(cfg), []  # the overrides are part of cfg already
+    main = is_main_process()
+    if not main:  # under torchrun / accelerate launch only the main process prints
+        log = Console("quiet", stream=open(os.devnull, "w"))  # noqa: SIM115
     prep = prepare(cfg, base_dir, pm)
     if cfg.tuner is not None:
+        if process_count() > 1:
+            raise ConfigError(
+                "tuner",
+                f"a study runs in one process, not under a {process_count()}-process launch; "
+                "run it without torchrun / accelerate launch (each trial may still use a GPU)",
+            )
         return run_study(prep, raw or dump_config(cfg), overrides, log, overwrite, started)
-    folder = RunFolder(cfg.output.dir, overwrite=overwrite or cfg.output.overwrite)
+    overwrite = overwrite or cfg.output.overwrite
+    # Only the main process writes the run folder; the others train beside it.
+    folder = (
+        RunFolder(cfg.output.dir, overwrite=overwrite) if main else ReplicaFolder(cfg.output.dir)
+    )
     try:
         outcome = train(prep, folder, log)
+        if not main:
+            return folder.final
         return finish(outcome, prep, log, started)
     except BaseException as exc:
         close_failed(folder, exc, log)
         raise
+
+
+def _check_same_split(path: Path, split: Split, train_rows: np.ndarray, source: str) -> None:
+    """A resumed run must see the data it started with: the same split, row for row."""
+    import json
+
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({type(exc).__name__}); cannot resume") from None
+    now = {**split.as_dict(), "balanced_train": [int(i) for i in train_rows]}
+    for key in ("train", "val", "test", "balanced_train"):
+        if [int(i) for i in saved.get(key, [])] != [int(i) for i in now[key]]:
+            raise DataError(
+                f"{source}: the data changed since the run started: its {key} split differs "
+                f"from {path}; start a new run instead of resuming"
+            )
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy a folder by hard links (a checkpoint's files are never changed in place)."""
+    import shutil
+
+    for f in sorted(src.rglob("*")):
+        target = dst / f.relative_to(src)
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+
+
+def _state_args(
+    folder: RunFolder,
+    trial: int | None,
+    resume: Path | None,
+    ckpt_dir: Callable[[], Path],
+    ctx: RunContext,
+    prep: Prepared,
+) -> dict[str, Any]:
+    """Training-state checkpoints for ``--resume``: a single one-process run keeps them in
+    ``RUN/state``; its best checkpoint so far is linked into each (``best/``)."""
+    import shutil
+
+    if trial is not None or process_count() > 1:
+        return {}
+    if resume is not None:  # the best model as of the checkpoint, not as of the kill
+        best, ckpt = resume / "best", ckpt_dir()
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        if best.is_dir():
+            tmp = folder.path / ".checkpoint.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            _link_tree(best, tmp)
+            tmp.rename(ckpt)
+
+    def on_checkpoint(tmp: Path) -> dict[str, Any]:
+        if ckpt_dir().is_dir():
+            _link_tree(ckpt_dir(), tmp / "best")
+        return {
+            "history_bytes": folder.history_size(),
+            "base_dir": str(prep.base_dir),
+            "started": ctx.started,
+        }
+
+    return {"state_dir": folder.path / "state", "resume": resume, "on_checkpoint": on_checkpoint}
+
+
+def resume_run(
+    run_dir: Path,
+    log: Log,
+    disable: list[str] = (),
+    local: list[str] = (),
+    strict: bool | None = None,
+) -> Path:
+    """Continue a killed or crashed run from its last training-state checkpoint.
+
+    The run's own ``config.yaml`` is used, the data must split as ``split.json`` says, and the
+    run ends as the uninterrupted run would have (same final metrics on CPU).
+    """
+    from tuneforge.checkpoint import read_checkpoint, step_dirs
+    from tuneforge.config import read_yaml
+    from tuneforge.run import find_resumable
+
+    if process_count() > 1:
+        raise UserError("--resume runs in one process (multi-process runs keep no training state)")
+    source, final = find_resumable(run_dir)
+    steps = step_dirs(source / "state")
+    if not steps:
+        raise UserError(f"{source / 'state'}: no training-state checkpoint; nothing to resume")
+    state = read_checkpoint(steps[-1][1])  # a truncated or missing file is named here
+    config_file = source / "config.yaml"
+    if config_file.is_file() and "***" in config_file.read_text(errors="replace"):
+        raise UserError(
+            f"{source / 'config.yaml'}: holds masked passwords (***), which a resumed run "
+            "cannot use; start the run again from its own config"
+        )
+    try:
+        cfg = build_config(read_yaml(source / "config.yaml"))
+    except ConfigError as exc:
+        raise UserError(f"{source / 'config.yaml'}: {exc}") from None
+    if cfg.tuner is not None or (cfg.model is not None and cfg.model.candidates):
+        raise UserError(f"{source}: a study (tuner or model.candidates) cannot be resumed")
+    run_info = state.get("run", {})
+    base_dir = Path(run_info.get("base_dir") or source)
+    cfg.output.dir = final
+    pm = make_plugin_manager(cfg, base_dir, disable, local, strict)
+    prep = prepare(cfg, base_dir, pm)
+    folder = RunFolder.adopt(source, final, run_info.get("history_bytes"))
+    log(f"resuming {final.name} from {source.name}/state/{steps[-1][1].name}")
+    try:
+        outcome = train(prep, folder, log, resume=folder.path / "state" / steps[-1][1].name)
+        return finish(outcome, prep, log, float(run_info.get("started") or time.time()))
+    except BaseException as exc:
+        close_failed(folder, exc, log)
+        raise
+
+
+def with_model_selection(cfg: RunConfig) -> RunConfig:
+    """``model.candidates`` as a study: a grid over ``model`` (or ``model`` joins the tuner's space).
+
+    Every candidate trains on the same split; the best on validation is tested, once.
+    """
+    assert cfg.model is not None and cfg.model.candidates
+    choices = [c.as_yaml() for c in cfg.model.candidates]
+    out = cfg.model_copy(deep=True)
+    out.model = ModelRef.model_validate(cfg.model.candidates[0].model_dump())
+    if out.tuner is None:
+        out.tuner = TunerRef(name="grid", space={"model": Distribution(choice=choices)})
+    elif "model" in out.tuner.space:
+        raise ConfigError(
+            "model.candidates", "tuner.space also searches model: choose the models in one place"
+        )
+    else:
+        out.tuner = TunerRef.model_validate(
+            {
+                **out.tuner.as_yaml(),
+                "space": {"model": {"choice": choices}, **out.tuner.as_yaml()["space"]},
+            }
+        )
+    return out
+
+
+def model_label(model: Any) -> str:
+    """``{"name": "timm", "model_name": "resnet18"}`` -> ``timm(model_name=resnet18)``."""
+    if not isinstance(model, dict):
+        return str(model)
+    extras = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
+    return f"{model.get('name')}({extras})" if extras else str(model.get("name"))
+
+
+class _NoHooks:
+    """Lifecycle hooks as seen by the non-main processes of a multi-process run: silent."""
+
+    def __getattr__(self, name: str) -> Callable[..., list[Any]]:
+        return lambda **kwargs: []
+
+
+class ReplicaFolder(RunFolder):
+    """The run folder as a non-main process of a multi-process run sees it: writes nothing.
+
+    The main process (global rank 0) creates, fills and commits the one run folder; the others
+    train beside it and leave no trace on disk.
+    """
+
+    def __init__(self, final: Path, overwrite: bool = False) -> None:
+        self.final = Path(final).resolve()
+        self.path = self.final.parent / f".{self.final.name}.partial-rank{process_rank()}"
+        self.training_started = False
+
+    def write_json(self, name: str, obj: Any) -> None:
+        pass
+
+    def write_yaml(self, name: str, obj: Any) -> None:
+        pass
+
+    def log_history(self, record: dict[str, Any]) -> None:
+        pass
+
+    def commit(self) -> Path:
+        return self.final
+
+    def abort(self) -> None:
+        pass
+
+    def fail(self, error: BaseException) -> Path:
+        return self.final
 
 
 def close_failed(folder: RunFolder, exc: BaseException, log: Log) -> None:
@@ -696,8 +975,33 @@ def run_study(
         trial_prep = prepare(trial_cfg, prep.base_dir, prep.pm)
         folder = RunFolder(trial_cfg.output.dir)
         study.training_started = True
+        monitor = f"val.{trial_prep.monitor}"
+
+        def after_epoch(epoch: int, row: dict[str, float]) -> None:
+            value = float(row.get(monitor, float("nan")))
+            trial.intermediate[epoch] = value
+            if trial.report is not None and trial.report(epoch, value):
+                raise TrialPruned(f"{monitor} {value:.4f} after epoch {epoch}")
+
         try:
-            outcome = train(trial_prep, folder, log, trial=trial.number)
+            outcome = train(trial_prep, folder, log, trial=trial.number, epoch_callback=after_epoch)
+        except TrialPruned as exc:  # the tuner stopped an unpromising trial: keep its folder
+            finite = [v for v in trial.intermediate.values() if np.isfinite(v)]
+            trial.value = (max if sign > 0 else min)(finite) if finite else None
+            trial.state, trial.seconds = "pruned", time.time() - t0
+            folder.write_json(
+                "run.json",
+                {
+                    "status": "pruned",
+                    "trial": trial.number,
+                    "params": trial.params,
+                    "why": str(exc),
+                },
+            )
+            folder.commit()
+            trial.run_dir = str(study.final / "trials" / f"trial_{trial.number:03d}")
+            log(f"trial {trial.number} pruned: {exc}")
+            return float("nan")
         except UserError as exc:  # this trial's settings fail (say, the loss diverges): go on
             trial.state, trial.seconds = "failed", time.time() - t0
             if folder.training_started:
@@ -731,6 +1035,7 @@ def run_study(
                 "number": t.number,
                 **{f"params.{k}": v for k, v in t.params.items()},
                 f"val.{prep.monitor}": t.value,
+                "epochs": len(t.intermediate),
                 "state": t.state,
                 "seconds": round(t.seconds, 2),
             }
@@ -739,6 +1044,29 @@ def run_study(
         import pandas as pd
 
         atomic_write_text(study.path / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
+        if "model" in tuner_ref.space:  # model selection: a comparison table of the candidates
+            table = pd.DataFrame(
+                [
+                    {
+                        "model": model_label(t.params["model"]),
+                        **{f"params.{k}": v for k, v in t.params.items() if k != "model"},
+                        f"val.{prep.monitor}": t.value,
+                        "state": t.state,
+                        "epochs": len(t.intermediate),
+                        "seconds": round(t.seconds, 2),
+                    }
+                    for t in trials
+                ]
+            )
+            atomic_write_text(study.path / "candidates.csv", table.to_csv(index=False))
+            log("model selection:\n" + table.to_string(index=False))
+        prep.pm.hook.on_study_end(
+            study_dir=study.path,
+            trials=trials,
+            space=tuner_ref.space,
+            monitor=f"val.{prep.monitor}",
+            direction=prep.mode,
+        )
         if best["trial"] is None:
             raise UserError("every trial failed; see the messages above")
         winner: Trial = best["trial"]
@@ -768,6 +1096,8 @@ def run_study(
                 "best_params": winner.params,
             }
         }
+        if "model" in winner.params:
+            extra["study"]["selected_model"] = model_label(winner.params["model"])
         outcome.train_metrics = {**outcome.train_metrics, "trial": winner.number}
         return finish(outcome, best["prep"], log, started, extra)
     except BaseException as exc:
@@ -835,6 +1165,11 @@ def predict(
         out["prediction"] = [classes[i] for i in y_pred]
         for j, c in enumerate(classes):
             out[f"prob_{c}"] = y_score[:, j]
+    elif np.ndim(y_pred) == 2:  # several targets: prediction_<column> each
+        names = labels.get("label_column")
+        names = names if isinstance(names, list) else range(y_pred.shape[1])
+        for j, name in enumerate(names):
+            out[f"prediction_{name}"] = y_pred[:, j]
     else:
         out["prediction"] = y_pred
     if output is None:

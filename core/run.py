@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -81,6 +82,35 @@ class RunFolder:
         self.path.mkdir()
         self._history = (self.path / "history.jsonl").open("a", encoding="utf-8")
         self.training_started = False
+        self.resumed = False
+
+    @classmethod
+    def adopt(cls, path: Path, final: Path, history_bytes: int | None = None) -> RunFolder:
+        """Continue an interrupted run's folder (``--resume``) under this process's name.
+
+        ``history.jsonl`` is cut back to ``history_bytes`` (its size at the checkpoint), so
+        the records the killed process logged after it are not repeated.
+        """
+        self = cls.__new__(cls)
+        self.final = final.resolve()
+        self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}"
+        if path.resolve() != self.path:
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            os.replace(path, self.path)
+        history = self.path / "history.jsonl"
+        if history_bytes is not None and history.is_file():
+            with history.open("r+b") as fh:
+                fh.truncate(min(history_bytes, history.stat().st_size))
+        self._history = history.open("a", encoding="utf-8")
+        self.training_started = True
+        self.resumed = True
+        return self
+
+    def history_size(self) -> int:
+        """Bytes of ``history.jsonl`` written so far (stored in training checkpoints)."""
+        self._history.flush()
+        return self._history.tell()
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_text(self.path / name, to_json(obj))
@@ -97,6 +127,11 @@ class RunFolder:
 
     def commit(self) -> Path:
         self._history.close()
+        state = self.path / "state"
+        if state.is_dir():  # training-state checkpoints: a completed run needs none
+            doomed = self.path / ".state.old"
+            os.replace(state, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
         old = None
         if self.final.exists():
             old = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
@@ -108,9 +143,13 @@ class RunFolder:
         return self.final
 
     def abort(self) -> None:
-        """Remove the partial folder (a failure before training started: nothing worth keeping)."""
+        """Remove the partial folder (a failure before training started: nothing worth keeping).
+
+        A resumed run's folder is kept as it is: it holds the checkpoints to try again from.
+        """
         self._history.close()
-        shutil.rmtree(self.path, ignore_errors=True)
+        if not self.resumed:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def fail(self, error: BaseException) -> Path:
         """Keep what a run that crashed during training logged, beside (never at) the final name.
@@ -134,11 +173,87 @@ class RunFolder:
                 "finished": time.time(),
             },
         )
-        for leftover in self.path.glob(".checkpoint.tmp"):
+        for leftover in [*self.path.glob(".checkpoint.tmp"), *self.path.glob("state/.tmp-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
         os.replace(self.path, target)
         self.path = target
         return target
+
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")
+_FAILED = re.compile(r"^(?P<name>.+)\.failed-\d{8}-\d{6}(-\d+)?$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _newest_state(folder: Path) -> float:
+    steps = [p for p in (folder / "state").glob("step-*") if p.is_dir()]
+    return max((p.stat().st_mtime for p in steps), default=-1.0)
+
+
+def find_resumable(path: Path) -> tuple[Path, Path]:
+    """The folder of an interrupted run to continue, and the run's final folder name.
+
+    ``path`` is the run's ``output.dir`` (the interrupted run's hidden ``.NAME.partial-PID``
+    folder beside it is found), or such a partial folder, or a ``NAME.failed-...`` folder.
+    """
+    path = Path(os.path.abspath(path.expanduser()))
+    for pattern in (_PARTIAL, _FAILED):
+        m = pattern.match(path.name)
+        if m and path.is_dir():
+            if pattern is _PARTIAL and _alive(int(m.group("pid"))):
+                raise UserError(
+                    f"{path}: the run is still going (process {m.group('pid')} is alive)"
+                )
+            if _newest_state(path) < 0:
+                raise UserError(
+                    f"{path}: no training-state checkpoint in {path / 'state'} (the run stopped "
+                    "before its first one); nothing to resume, start it again"
+                )
+            return path, path.parent / m.group("name")
+    candidates, running = [], []
+    if path.parent.is_dir():
+        for sibling in path.parent.iterdir():
+            m = _PARTIAL.match(sibling.name) or _FAILED.match(sibling.name)
+            if not m or m.group("name") != path.name or not sibling.is_dir():
+                continue
+            if "pid" in m.groupdict() and _alive(int(m.group("pid"))):
+                running.append(m.group("pid"))
+            elif _newest_state(sibling) >= 0:
+                candidates.append(sibling)
+    run_json = path / "run.json"
+    if run_json.is_file():  # a run that completed since: older interrupted attempts are stale
+        candidates = [c for c in candidates if _newest_state(c) > run_json.stat().st_mtime]
+    if candidates:
+        return max(candidates, key=_newest_state), path
+    if running:
+        raise UserError(f"{path}: the run is still going (process {running[0]} is alive)")
+    if run_json.is_file():
+        try:
+            status = json.loads(run_json.read_text()).get("status")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            status = None
+        if status == "completed":
+            raise UserError(f"{path} is a completed run: nothing to resume")
+    if path.is_dir():
+        raise UserError(
+            f"{path}: no training-state checkpoint in {path / 'state'} and no interrupted run "
+            "beside it; nothing to resume"
+        )
+    raise UserError(
+        f"no run to resume at {path}: neither it nor an interrupted .{path.name}.partial-* "
+        "folder beside it exists"
+    )
 
 
 def read_history(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -74,8 +74,8 @@ def render_doc(doc: str) -> str:
     return "\n".join(out)
 
 
-def signature(func: Callable[..., Any]) -> str:
-    """``(run: RunContext, epoch: int) -> None``: annotations as written in the source."""
+def _parts(func: Callable[..., Any]) -> tuple[list[str], str]:
+    """Parameter texts and the `` -> ret`` suffix, annotations as written in the source."""
 
     def ann(a: Any) -> str:
         return a if isinstance(a, str) else inspect.formatannotation(a)
@@ -88,7 +88,26 @@ def signature(func: Callable[..., Any]) -> str:
             text += f" = {p.default!r}"
         params.append(text)
     ret = "" if sig.return_annotation is sig.empty else f" -> {ann(sig.return_annotation)}"
+    return params, ret
+
+
+def signature(func: Callable[..., Any]) -> str:
+    """``(run: RunContext, epoch: int) -> None``: annotations as written in the source."""
+    params, ret = _parts(func)
     return f"({', '.join(params)}){ret}"
+
+
+def definition(func: Callable[..., Any], width: int = 100) -> str:
+    """``def name(...) -> ret: ...`` wrapped the way ``ruff format`` wraps it at ``width``."""
+    line = f"def {func.__name__}{signature(func)}: ..."
+    if len(line) <= width:
+        return line
+    params, ret = _parts(func)
+    inner = f"    {', '.join(params)}"
+    if len(inner) <= width:
+        return f"def {func.__name__}(\n{inner}\n){ret}: ..."
+    one_per_line = "".join(f"    {p},\n" for p in params)
+    return f"def {func.__name__}(\n{one_per_line}){ret}: ..."
 
 
 def render_spec(func: Callable[..., Any]) -> str:
@@ -98,7 +117,7 @@ def render_spec(func: Callable[..., Any]) -> str:
             "",
             "```python",
             "@tuneforge.hookimpl",
-            f"def {func.__name__}{signature(func)}: ...",
+            definition(func),
             "```",
             "",
             render_doc(func.__doc__ or "(undocumented)"),

@@ -8,11 +8,22 @@ from pydantic import Field
 from tuneforge import hookimpl
 from tuneforge.components import BalancePlan, Balancer, StrictConfig
 from tuneforge.data import TaskData
+from tuneforge.errors import UserError
 from tuneforge.hookspecs import Register
+
+
+def _needs_classes(data: TaskData) -> None:
+    """Class balancers need classes: a regression target gets a one-line hint instead."""
+    if data.classes is None:
+        raise UserError(
+            "balancer: this balancer works on classes; for regression use target-bins "
+            "(loss weights, optionally smoothed) or resample-bins"
+        )
 
 
 def _train_labels(data: TaskData, train_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class ids of the training rows and the count of each class."""
+    _needs_classes(data)
     labels = data.subset(train_rows).label_ids()
     return labels, np.bincount(labels, minlength=len(data.classes or []))
 
@@ -75,6 +86,7 @@ class ClassWeights(Balancer):
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
         from sklearn.utils.class_weight import compute_class_weight
 
+        _needs_classes(data)
         labels = data.subset(train_rows).label_ids()
         k = len(data.classes or [])
         present = np.unique(labels)

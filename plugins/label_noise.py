@@ -309,6 +309,8 @@ def oof_probabilities(
     if data.classes is None or data.target is None:
         raise LabelNoiseError(f"{prefix}label-noise: needs a classification task with labels")
     kinds = sorted({data.modalities.get(r, "unknown") for r in data.inputs})
+    if kinds != ["text"] and hasattr(task, "label_noise_inputs"):
+        return task_oof_probabilities(data, task, folds, seed)[0]
     if kinds != ["text"]:
         raise LabelNoiseError(
             f"{prefix}label-noise: out-of-fold probabilities are built for text inputs only "
@@ -347,6 +349,34 @@ def oof_probabilities(
     out = np.zeros((len(labels), len(data.classes)))
     out[:, np.unique(labels)] = probs
     return out
+
+
+def task_oof_probabilities(
+    data: TaskData, task: Any, folds: int, seed: int
+) -> tuple[np.ndarray, str]:
+    """Out-of-fold probabilities from the task's own fast model (non-text inputs).
+
+    The task's ``label_noise_inputs(data) -> (X, estimator, description)`` gives the
+    features (rows aligned with ``data.frame``) and an unfitted scikit-learn classifier;
+    it is cross-validated like the text model. Returns the probabilities and the description.
+    """
+    prefix = f"{data.source}: " if data.source else ""
+    if data.frame[data.target].isna().any():
+        raise LabelNoiseError(f"{prefix}label-noise: some rows have no label; drop them first")
+    labels = data.label_ids()
+    check_folds(labels, data.classes, folds, data.source)
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    x, model, description = task.label_noise_inputs(data)
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    try:
+        probs = cross_val_predict(model, x, labels, cv=cv, method="predict_proba")
+    except ValueError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LabelNoiseError(f"{prefix}label-noise: cannot fit {description}: {first}") from exc
+    out = np.zeros((len(labels), len(data.classes)))
+    out[:, np.unique(labels)] = probs
+    return out, f"{folds}-fold {description}"
 
 
 # -- the validator -------------------------------------------------------------------------
@@ -404,6 +434,7 @@ class LabelNoise(Validator):
     Probabilities come from ``pred_probs`` (a ``.npy`` file, shape ``(rows, classes)`` in the
     data file's row order and ``labels.json`` class order; a relative path is resolved
     against the working directory) or, for text tasks, from TF-IDF + logistic regression
+    (tasks with ``label_noise_inputs``, e.g. tabular: their own fast model)
     fitted with ``folds``-fold stratified cross-validation. The backend is cleanlab when it is
     installed (``auto``) or tuneforge's own implementation; both flag the same rows.
 
@@ -464,8 +495,12 @@ class LabelNoise(Validator):
             probs = load_pred_probs(path, labelled)
             source = f"probabilities from {path}"
         else:
-            probs = oof_probabilities(labelled, task, cfg.folds, cfg.seed)
-            source = f"{cfg.folds}-fold TF-IDF + logistic regression"
+            kinds = {labelled.modalities.get(r, "unknown") for r in labelled.inputs}
+            if kinds != {"text"} and hasattr(task, "label_noise_inputs"):
+                probs, source = task_oof_probabilities(labelled, task, cfg.folds, cfg.seed)
+            else:
+                probs = oof_probabilities(labelled, task, cfg.folds, cfg.seed)
+                source = f"{cfg.folds}-fold TF-IDF + logistic regression"
         ranked, backend = backend_label_issues(labels, probs, cfg.method, cfg.backend)
         index = labelled.frame.index.to_numpy()
         rows = [int(index[r]) for r in ranked]

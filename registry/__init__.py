@@ -28,6 +28,7 @@ COMPONENT_KINDS: tuple[str, ...] = (
     "models",
     "tuners",
     "metrics",
+    "advisors",
     "callbacks",
     "commands",
 )

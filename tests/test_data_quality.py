@@ -158,7 +158,15 @@ def test_weighted_sampler_draws_classes_evenly(tiny_models) -> None:
     loader = trainer._loader(
         dataset, lambda b: torch.tensor([x["y"] for x in b]), 50, True, plan.sample_weights
     )
-    drawn = torch.cat([batch for _ in range(20) for batch in loader]).numpy()
+    from tuneforge.sampling import find_sampler, set_epoch
+
+    sampler = find_sampler(loader)
+    epochs = []
+    for epoch in range(20):  # a new draw each epoch, as the trainer selects it
+        set_epoch(loader, sampler, epoch)
+        epochs.append(torch.cat(list(loader)).numpy())
+    assert not np.array_equal(epochs[0], epochs[1])
+    drawn = np.concatenate(epochs)
     share = np.bincount(drawn, minlength=3) / len(drawn)
     assert np.allclose(share, [1 / 3] * 3, atol=0.03), share
 

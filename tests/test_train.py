@@ -307,7 +307,7 @@ def test_predict_bad_inputs(project, tmp_path: Path) -> None:
 def test_search_space_keys_are_checked_before_anything_runs(project) -> None:
     proc = run_cli(
         "run",
-        str(project.config(tuner={"name": "random", "space": {"trainer.lrr": {"choice": [1]}}})),
+        str(project.config(tuner={"name": "random", "space": {"trainer.lrr": {"choice": [1, 2]}}})),
     )
     assert (
         proc.returncode == 2

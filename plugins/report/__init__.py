@@ -53,3 +53,22 @@ def on_run_end(run: RunContext, metrics: dict[str, Any], status: str) -> None:
             file=sys.stderr,
             flush=True,
         )
+
+
+@hookimpl
+def on_study_end(
+    study_dir: Path, trials: list[Any], space: dict[str, Any], monitor: str, direction: str
+) -> None:
+    """Plot a study's optimisation history and parameter importances into ``plots/``."""
+    try:
+        from tuneforge.plugins.report.study import write_study_plots
+
+        write_study_plots(study_dir, trials, space, monitor, direction)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"tuneforge: warning: the study plots could not be written "
+            f"({type(exc).__name__}: {first})",
+            file=sys.stderr,
+            flush=True,
+        )

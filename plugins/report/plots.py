@@ -296,15 +296,23 @@ def plot_class_counts(run_dir: Path, out: Path) -> str | None:
 def _regression_frame(run_dir: Path) -> Any:
     if problem_of(run_dir) != "regression":
         return None
-    frame = read_predictions(run_dir)
-    if frame is None:
-        return None
     import pandas as pd
 
+    try:  # not read_predictions(): a multi-output run has y_true_<col> columns instead
+        frame = pd.read_csv(run_dir / "predictions_test.csv")
+    except (OSError, ValueError):
+        return None
+
+    true, pred = "y_true", "y_pred"
+    if true not in frame.columns:  # several targets: y_true_<name>; plot the first one
+        multi = [c for c in frame.columns if str(c).startswith("y_true_")]
+        if not multi or f"y_pred_{multi[0][7:]}" not in frame.columns:
+            return None
+        true, pred = multi[0], f"y_pred_{multi[0][7:]}"
     y = pd.DataFrame(
         {
-            "y_true": pd.to_numeric(frame["y_true"], errors="coerce"),
-            "y_pred": pd.to_numeric(frame["y_pred"], errors="coerce"),
+            "y_true": pd.to_numeric(frame[true], errors="coerce"),
+            "y_pred": pd.to_numeric(frame[pred], errors="coerce"),
         }
     ).dropna()
     return y if len(y) else None

@@ -20,6 +20,11 @@ def register_tasks(register: Register) -> None:
         f"{_PKG}.task:TextClassificationTask",
         "Classify a text or a pair of texts (CSV/TSV/JSONL/Parquet)",
     )
+    register(
+        "text-regression",
+        f"{_PKG}.regression:TextRegressionTask",
+        "Predict numeric target(s) from a text or a pair of texts (STS-B style)",
+    )
 
 
 @hookimpl

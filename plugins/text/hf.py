@@ -196,6 +196,9 @@ class HFSequenceClassification(ModelBuilder):
         dropout: float | None = Field(
             None, ge=0, lt=1, description="override hidden/classifier dropout"
         )
+        loss: Literal["mse", "l1", "huber"] | None = Field(
+            None, description="regression tasks: loss on standardised targets (default mse)"
+        )
 
     def checkpoint_path(self) -> str:
         return resolve_checkpoint(self.config.checkpoint, "model.checkpoint")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tuneforge.components import StrictConfig, Task
-from tuneforge.data import TaskData, class_list, read_table, require_columns
+from tuneforge.data import TaskData, read_table, require_columns, resolve_classes
 from tuneforge.errors import ConfigError, DataError
 
 _NORM = re.compile(r"\W+")
@@ -42,6 +42,7 @@ class TextDataset:
         if report is not None:  # once per dataset (augmented rows are encoded one by one)
             report(texts, pairs)
         self.encoded = None if augmenters else tokenizer.encode(texts, pairs)
+        self._lengths: list[int] | None = None
         if self.encoded is not None:
             empty = [i for i, ids in enumerate(self.encoded["input_ids"]) if not ids]
             if empty:
@@ -52,6 +53,24 @@ class TextDataset:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per example (for ``trainer.group_by_length``), computed once when first asked.
+
+        Pre-tokenized: the encoded lengths. With augmenters: the lengths of the texts before
+        augmentation, capped at the tokenizer's ``max_length`` (augmenters change them a little).
+        """
+        if self._lengths is None:
+            if self.encoded is not None:
+                self._lengths = [len(ids) for ids in self.encoded["input_ids"]]
+            elif hasattr(self.tokenizer, "lengths"):
+                cap = getattr(getattr(self.tokenizer, "config", None), "max_length", None)
+                found = self.tokenizer.lengths(self.texts, self.pairs)
+                self._lengths = [min(n, cap) if cap else n for n in found]
+            else:
+                self._lengths = [len(t.split()) for t in self.texts]
+        return self._lengths
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self.encoded is not None:
@@ -106,23 +125,7 @@ class TextClassificationTask(Task):
         require_columns(frame, wanted, path)
         if len(frame) == 0:
             raise DataError(f"{path}: the file has no data rows")
-        classes = class_list(frame[label])
-        if data_config.classes:
-            declared = list(data_config.classes)
-            undeclared = frame.index[frame[label].notna() & ~frame[label].isin(declared)]
-            if len(undeclared):
-                row = int(undeclared[0])
-                raise DataError(
-                    f"{path}: row {row}: label {frame.loc[row, label]!r} is not in data.classes "
-                    f"{declared} ({len(undeclared)} rows in all)"
-                )
-            classes = declared
-        if len(classes) < 2:
-            only = f" (only {classes[0]!r})" if classes else ""
-            raise DataError(
-                f"{path}: label column {label!r} has {len(classes)} class{only}; "
-                "classification needs at least two"
-            )
+        classes = resolve_classes(frame, label, data_config.classes, path)
         return TaskData(
             frame=frame,
             inputs=columns,

@@ -1,0 +1,99 @@
+"""The image-regression task: numeric target(s) per image, from a CSV/Parquet of (path, targets).
+
+Reuses the image pipeline (decoding, timm transforms, augmenters, timm models) and the
+regression plugin's public helpers: targets parsed by ``parse_targets``, standardised with a
+train-split ``TargetScaler`` (saved with the checkpoint), regression losses and metrics, and
+quantile-binned strata for the split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tuneforge.data import TaskData
+from tuneforge.errors import ConfigError
+from tuneforge.plugins.image.task import ImageClassificationTask, ImageDataset
+from tuneforge.plugins.regression import (
+    RegressionTaskMixin,
+    parse_targets,
+    target_columns,
+    target_values,
+)
+
+
+class ImageRegressionTask(RegressionTaskMixin, ImageClassificationTask):
+    """Predict one or more numbers per image (``data.target``: a column or a list)."""
+
+    problem: ClassVar[str] = "regression"
+    name = "image-regression"
+
+    def load(self, data_config: Any, base_dir: Path) -> TaskData:
+        self.base_dir = base_dir
+        if data_config.label is not None:
+            raise ConfigError("data.label", f"{self.name} takes its target from data.target")
+        if data_config.target is None:
+            raise ConfigError("data.target", "missing: name the numeric target column(s)")
+        path = Path(data_config.path)
+        path = path if path.is_absolute() else base_dir / path
+        if path.is_dir():
+            raise ConfigError(
+                "data.path", f"{self.name} needs a table of image paths and target column(s)"
+            )
+        frame, col = self._read(path, data_config, True)
+        frame = parse_targets(frame, data_config.target, str(path))
+        return TaskData(
+            frame=frame,
+            inputs={"image": col},
+            target=data_config.target,
+            classes=None,
+            source=str(path),
+            problem=self.problem,
+            modalities={"image": "image"},
+        )
+
+    def defaults(self) -> dict[str, Any]:
+        return {
+            "validators": ["image-files", "missing", "duplicates", "target-values"],
+            "tokenizer": {"name": "timm-transforms"},
+            "model": {"name": "timm"},
+            "metrics": ["rmse", "mae", "r2"],
+        }
+
+    def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: Any) -> None:
+        """The target scaler, fitted on the training split."""
+        self.fit_targets(data, train_rows)
+
+    def make_dataset(
+        self,
+        data: TaskData,
+        rows: np.ndarray,
+        tokenizer: Any,
+        preprocessors: list[Any],
+        augmenters: list[Any],
+        seed: int,
+    ) -> ImageDataset:
+        if any(getattr(a, "batch_level", False) for a in augmenters):
+            raise ConfigError("augmenters", "mixup/cutmix mixes class labels: not for regression")
+        sub = data.subset(rows)
+        paths = sub.frame[data.inputs["image"]].astype(str).tolist()
+        _, transform, _ = self._split_augmenters(tokenizer, augmenters, 0)
+        pixel = [a for a in augmenters if not getattr(a, "replaces_transform", False)]
+        labels = target_values(data, rows).astype(np.float32)
+        return ImageDataset(paths, labels, tokenizer.channels, transform, pixel, None, seed)
+
+    def build_model(self, model_builder: Any, data: TaskData, tokenizer: Any) -> Any:
+        import torch
+
+        model = model_builder.build(len(target_columns(data.target)), self.base_dir)
+        model.label_names = target_columns(data.target)
+        # A small head: predictions start near the (standardised) mean. timm's default head
+        # init is scaled for class logits (efficientnet's is U(-1, 1) for one output), which
+        # makes early regression losses explode.
+        head = model.model.get_classifier()
+        if isinstance(head, torch.nn.Linear):
+            torch.nn.init.trunc_normal_(head.weight, std=0.01)
+            torch.nn.init.zeros_(head.bias)
+        return model

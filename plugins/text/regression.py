@@ -1,0 +1,140 @@
+"""The text-regression task: a numeric target (one or several columns) from a text or a pair.
+
+STS-B style sentence similarity is ``data.columns: {text: sentence1, text_pair: sentence2}``
+with ``data.target: score``. The model is ``AutoModelForSequenceClassification`` with
+``num_labels = n_targets`` and ``problem_type="regression"``; targets are standardised on the
+train split (``target_scaler.json`` in the checkpoint) and predictions are in target units.
+Text preprocessors and augmenters work unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tuneforge.data import TaskData, read_table, require_columns
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.plugins.regression import (
+    DEFAULT_METRICS,
+    DEFAULT_VALIDATORS,
+    RegressionTaskMixin,
+    baseline_scores,
+    parse_targets,
+    target_columns,
+    target_values,
+)
+from tuneforge.plugins.text.task import TextClassificationTask, TextDataset
+
+
+class TextTargets(TextDataset):
+    """A :class:`TextDataset` whose labels are float targets (one or several per row)."""
+
+    def __init__(self, *args: Any, targets: np.ndarray | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.targets = targets
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        if self.targets is not None:
+            t = self.targets[i]
+            item["labels"] = t.tolist() if np.ndim(t) else float(t)
+        return item
+
+
+class TextRegressionTask(RegressionTaskMixin, TextClassificationTask):
+    """Predict numeric target(s) from a text (role ``text``) or a pair (``text_pair``)."""
+
+    name = "text-regression"
+
+    def load(self, data_config: Any, base_dir: Path) -> TaskData:
+        if data_config.label is not None:
+            raise ConfigError("data.label", f"{self.name} takes its target from data.target")
+        if data_config.target is None:
+            raise ConfigError("data.target", "missing: name the numeric target column(s)")
+        path = Path(data_config.path)
+        path = path if path.is_absolute() else base_dir / path
+        frame = read_table(path, data_config.format, data_config.read_options)
+        columns = self._columns(data_config)
+        require_columns(frame, {f"data.columns.{r}": c for r, c in columns.items()}, path)
+        if len(frame) == 0:
+            raise DataError(f"{path}: the file has no data rows")
+        frame = parse_targets(frame, data_config.target, str(path))
+        return TaskData(
+            frame=frame,
+            inputs=columns,
+            target=data_config.target,
+            classes=None,
+            source=str(path),
+            problem=self.problem,
+            modalities={r: self.roles[r] for r in columns},
+        )
+
+    def defaults(self) -> dict[str, Any]:
+        return {
+            # no "duplicates": it compares one label column; the split keeps duplicates together
+            "validators": ["schema", "missing", "empty-text", *DEFAULT_VALIDATORS],
+            "tokenizer": {"name": "hf-tokenizer"},
+            "model": {"name": "hf-sequence-classification"},
+            "metrics": DEFAULT_METRICS,
+        }
+
+    def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: Any = None) -> None:
+        self.loss_name = getattr(getattr(model_builder, "config", None), "loss", None) or "mse"
+        self.fit_targets(data, train_rows)
+
+    def make_dataset(
+        self,
+        data: TaskData,
+        rows: np.ndarray,
+        tokenizer: Any,
+        preprocessors: list[Any],
+        augmenters: list[Any],
+        seed: int,
+    ) -> TextTargets:
+        frame = data.frame.loc[rows]
+        texts, pairs = self._texts(frame, data.inputs, preprocessors)
+        targets = target_values(data, rows).astype(np.float32)
+        return TextTargets(texts, pairs, None, tokenizer, augmenters, seed, targets=targets)
+
+    def build_model(self, model_builder: Any, data: TaskData, tokenizer: Any) -> Any:
+        cols = target_columns(data.target)
+        return model_builder.build(
+            len(cols), dict(enumerate(cols)), tokenizer.tokenizer, self.problem
+        )
+
+    def baselines(self, data: TaskData, split: Any, metrics: dict[str, Any]) -> dict[str, float]:
+        """TF-IDF (word 1-2 grams) + Ridge on the same split, scored by the run's metrics."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import Ridge
+
+        def docs(rows: np.ndarray) -> list[str]:
+            texts, pairs = self._texts(data.frame.loc[rows], data.inputs, [])
+            return (
+                texts
+                if pairs is None
+                else [f"{a} \n {b}" for a, b in zip(texts, pairs, strict=True)]
+            )
+
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+        try:
+            x_train = vec.fit_transform(docs(split.train))
+        except ValueError:  # no word of 2+ characters anywhere
+            return {}
+        x_test = vec.transform(docs(split.test))
+        return baseline_scores(
+            metrics,
+            {"tfidf_ridge": Ridge(alpha=1.0)},
+            x_train,
+            target_values(data, split.train),
+            x_test,
+            target_values(data, split.test),
+        )
+
+    def predict_dataset(
+        self, frame: pd.DataFrame, data_config: Any, tokenizer: Any, preprocessors: list[Any]
+    ) -> TextDataset:
+        texts, pairs = self._texts(frame, self._columns(data_config), preprocessors)
+        return TextTargets(texts, pairs, None, tokenizer, [], 0)

@@ -1,0 +1,282 @@
+"""The trainer's fault tolerance: non-finite steps, out-of-memory retry, deterministic mode,
+atomic training-state checkpoints and safe loading.
+
+The in-process tests train a small torch model on generated tensors with the real
+:class:`tuneforge.trainer.Trainer` (seconds each).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tuneforge.config import TrainerConfig
+from tuneforge.console import Console
+from tuneforge.errors import UserError
+from tuneforge.trainer import Trainer
+
+from conftest import run_cli
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+def collate(rows: list[dict]) -> dict:
+    return {
+        "x": torch.stack([r["x"] for r in rows]),
+        "labels": torch.stack([r["labels"] for r in rows]),
+    }
+
+
+class Net(torch.nn.Module):
+    """A small classifier. ``oom_above``: like a GPU without room for larger batches, its
+    forward raises the real ``torch.cuda.OutOfMemoryError`` for a batch above that size."""
+
+    def __init__(self, oom_above: int | None = None) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+        )
+        self.oom_above = oom_above
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.oom_above is not None and x.shape[0] > self.oom_above:
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)"
+            )
+        return self.body(x)
+
+
+def data(n: int, seed: int, bad_rows: tuple[int, ...] = ()) -> Rows:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    for r in bad_rows:
+        x[r, 2] = float("inf")  # a corrupt feature value: the loss of its batch is NaN
+    return Rows(x, y)
+
+
+def evaluate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return {
+        "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+        "accuracy": float((logits.argmax(1) == labels).float().mean()),
+    }
+
+
+def fit(
+    train: Rows, model_args: dict | None = None, **trainer: object
+) -> tuple[Trainer, torch.nn.Module, object, str]:
+    cfg = TrainerConfig(
+        **{
+            "epochs": 2,
+            "batch_size": 16,
+            "lr": 1e-2,
+            "device": "cpu",
+            "precision": "fp32",
+            "num_workers": 0,
+            "early_stopping_patience": None,
+            "log_every_n_steps": 2,
+            **trainer,
+        }
+    )
+    out = io.StringIO()
+    tr = Trainer(cfg, Console("normal", stream=out))
+    model = Net(**(model_args or {}))
+    result = tr.fit(
+        model,
+        train,
+        data(32, seed=99),
+        collate,
+        torch.nn.CrossEntropyLoss(),
+        evaluate,
+        "loss",
+        "min",
+        lambda m: None,
+    )
+    return tr, tr.accelerator.unwrap_model(model), result, out.getvalue()
+
+
+# -- non-finite loss ---------------------------------------------------------------------------
+def test_nonfinite_skip_skips_the_bad_step_and_reports_it() -> None:
+    _, model, result, out = fit(data(64, seed=0, bad_rows=(5,)), nonfinite="skip")
+    # The corrupt row is in one batch per epoch: one step skipped per epoch, the rest trained.
+    assert result.skipped_steps == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(torch.tensor(r["train.loss"])) for r in result.history)
+    assert "skipped 1 optimizer step with a non-finite loss or gradients (epoch 1" in out
+
+
+def test_nonfinite_stop_ends_the_run_with_a_one_line_diagnosis() -> None:
+    with pytest.raises(UserError) as err:
+        fit(data(64, seed=0, bad_rows=(5,)))  # the default policy is stop
+    message = str(err.value)
+    assert "\n" not in message
+    assert re.search(r"NaN/inf loss or gradients at epoch 1, step \d+ \(lr [\d.e-]+\)", message)
+    assert "trainer.lr" in message and "trainer.nonfinite: skip" in message
+
+
+def test_nonfinite_skip_stops_after_too_many_in_a_row() -> None:
+    every_row_bad = tuple(range(64))
+    with pytest.raises(UserError, match=r"4 optimizer steps in a row had a non-finite"):
+        fit(data(64, seed=0, bad_rows=every_row_bad), nonfinite="skip", nonfinite_max_consecutive=3)
+
+
+def test_a_skipped_step_leaves_the_model_as_it_was() -> None:
+    # All rows bad, bound high: every step is skipped, so the weights stay at their init.
+    tr, model, result, _ = fit(
+        data(32, seed=0, bad_rows=tuple(range(32))),
+        epochs=1,
+        nonfinite="skip",
+        nonfinite_max_consecutive=100,
+    )
+    from accelerate.utils import set_seed
+
+    set_seed(tr.config.seed)  # as the Trainer did before the model was built
+    init = Net()
+    assert result.skipped_steps == 2
+    for a, b in zip(model.parameters(), init.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+# -- out of memory -----------------------------------------------------------------------------
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch() -> None:
+    train = data(64, seed=1)
+    _, ref, ref_result, _ = fit(train, batch_size=32)
+    _, small, result, out = fit(train, {"oom_above": 8}, batch_size=32, auto_batch_size=True)
+    assert "CUDA out of memory at batch 32: retrying with 16 x 2 accumulation" in out
+    assert "CUDA out of memory at batch 16: retrying with 8 x 4 accumulation" in out
+    # 4 micro-batches of 8 give the gradient of the batch of 32: the same training.
+    for a, b in zip(small.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert [r["train.steps"] for r in result.history] == [
+        r["train.steps"] for r in ref_result.history
+    ]
+
+
+def test_out_of_memory_without_auto_batch_size_is_a_one_line_error() -> None:
+    with pytest.raises(UserError) as err:
+        fit(data(64, seed=1), {"oom_above": 8}, batch_size=32, auto_batch_size=False)
+    assert str(err.value).startswith("CUDA out of memory at batch 32: lower trainer.batch_size")
+
+
+# -- L1 penalty --------------------------------------------------------------------------------
+def l1_norm(model: torch.nn.Module) -> float:
+    return float(sum(p.detach().abs().sum() for p in model.parameters() if p.ndim >= 2))
+
+
+def test_l1_penalty_shrinks_the_weights_and_not_the_logged_loss() -> None:
+    train = data(64, seed=3)
+    _, plain, plain_result, _ = fit(train, epochs=4, weight_decay=0.0)
+    _, sparse, result, _ = fit(train, epochs=4, weight_decay=0.0, l1=0.05)
+    assert l1_norm(sparse) < 0.8 * l1_norm(plain)
+    # Biases are not penalised; the logged training loss is the data loss alone (no penalty
+    # term of ~0.05 * |w| ~ 1 in it).
+    assert result.history[-1]["train.loss"] < plain_result.history[0]["train.loss"] + 0.2
+
+
+def test_l1_penalty_is_counted_once_per_step_when_the_batch_is_split() -> None:
+    train = data(64, seed=1)
+    _, ref, _, _ = fit(train, batch_size=32, l1=0.01)
+    _, small, _, _ = fit(train, {"oom_above": 8}, batch_size=32, auto_batch_size=True, l1=0.01)
+    for a, b in zip(small.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# -- deterministic mode ------------------------------------------------------------------------
+def test_deterministic_mode_sets_torch_flags_and_repeats_exactly(monkeypatch) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        runs = [fit(data(64, seed=2), deterministic=True, seed=s)[2] for s in (7, 7, 8)]
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+    def numbers(result: object) -> list:
+        return [{k: v for k, v in r.items() if "per_s" not in k} for r in result.history]
+
+    assert numbers(runs[0]) == numbers(runs[1])
+    assert numbers(runs[0]) != numbers(runs[2])  # another seed: the comparison can fail
+
+
+# -- atomic checkpoints ------------------------------------------------------------------------
+def test_checkpoints_are_atomic_and_the_last_k_are_kept(tmp_path: Path) -> None:
+    from tuneforge.checkpoint import capture_rngs, load_checkpoint, save_checkpoint, step_dirs
+
+    tr = Trainer(TrainerConfig(device="cpu", precision="fp32"), Console("quiet"))
+    acc = tr.accelerator
+    model = Net()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = acc.prepare(model, optimizer)
+    model(torch.randn(4, 4)).sum().backward()
+    optimizer.step()
+    rngs = capture_rngs({})
+    root = tmp_path / "state"
+    for step in (1, 2, 3):
+        save_checkpoint(acc, root, step, {"epoch": step}, rngs, keep=2)
+    assert [s for s, _ in step_dirs(root)] == [2, 3]
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def crash(tmp: Path) -> dict:  # the process dies while the checkpoint is being written
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError):
+        save_checkpoint(acc, root, 4, {"epoch": 4}, rngs, keep=2, extra=crash)
+    assert [s for s, _ in step_dirs(root)] == [2, 3]  # no step-000004, nothing pruned
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    state, _ = load_checkpoint(acc, root / "step-000003")
+    assert state["epoch"] == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[k])
+
+    # A file cut short after the rename (a disk error) is named, not loaded.
+    weights = root / "step-000003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(UserError, match=re.escape(str(weights))):
+        load_checkpoint(acc, root / "step-000003")
+
+
+# -- safe loading ------------------------------------------------------------------------------
+def test_predict_never_unpickles_a_planted_checkpoint(project, tmp_path: Path) -> None:
+    cfg = project.config(trainer={"epochs": 1})
+    proc = run_cli("run", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    run = project.root / "runs" / "run"
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (run / "checkpoint" / "pytorch_model.bin").write_bytes(pickle.dumps(Evil()))
+    # Beside the safetensors weights the planted file is ignored ...
+    proc = run_cli("predict", str(run), "--input", str(project.data))
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    # ... and alone it is refused (weights_only), never executed.
+    (run / "checkpoint" / "model.safetensors").unlink()
+    proc = run_cli("predict", str(run), "--input", str(project.data))
+    assert proc.returncode != 0
+    assert not marker.exists()
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
