@@ -131,12 +131,6 @@ class Overfitting(Advisor):
             l1 = float(_trainer(run, "l1", 0.0) or 0.0)
             patch["trainer.l1"] = 1e-5 if l1 == 0 else min(1e-3, l1 * 10)
             reasons["trainer.l1"] = "an L1 penalty drives unneeded weights to zero"
-        lr = float(_trainer(run, "lr", 5e-5))
-        if run.pretrained and lr > 5e-5:
-            patch["trainer.lr"] = float(f"{max(5e-5, lr / 4):.3g}")
-            reasons["trainer.lr"] = (
-                "a smaller learning rate keeps more of what the pretrained weights know"
-            )
         _augment_patch(run, patch, reasons)
         patience = _trainer(run, "early_stopping_patience", None)
         # Patience in proportion to the budget: a regularised model learns more slowly and
