@@ -79,8 +79,7 @@ class ImageRegressionTask(RegressionTaskMixin, ImageClassificationTask):
             raise ConfigError("augmenters", "mixup/cutmix mixes class labels: not for regression")
         sub = data.subset(rows)
         paths = sub.frame[data.inputs["image"]].astype(str).tolist()
-        _, transform, _ = self._split_augmenters(tokenizer, augmenters, 0)
-        pixel = [a for a in augmenters if not getattr(a, "replaces_transform", False)]
+        pixel, transform, _ = self._split_augmenters(tokenizer, augmenters, 0)
         labels = target_values(data, rows).astype(np.float32)
         return ImageDataset(paths, labels, tokenizer.channels, transform, pixel, None, seed)
 
