@@ -163,7 +163,9 @@ def describe_components(record: RunRecord, pm: Any) -> None:
     roles: dict[str, str] = {}
     if task_name in regs["tasks"]:
         roles = dict(getattr(regs["tasks"].get(task_name).load(), "roles", {}) or {})
-    record.modalities = {roles.get(r, r) for r in inputs}
+    # Run folders record each input's modality; older ones only their roles.
+    recorded = record.labels.get("modalities") or {}
+    record.modalities = {recorded.get(r) or roles.get(r, r) for r in inputs}
     available = []
     for entry in regs["augmenters"]:
         try:

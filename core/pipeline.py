@@ -460,6 +460,7 @@ def train(
             "classes": data.classes,
             "label_column": data.target,
             "inputs": data.inputs,
+            "modalities": data.modalities,
             "problem": task.problem,
         },
     )

@@ -82,6 +82,29 @@ def test_overfitting_is_found_with_evidence_and_a_regularising_patch() -> None:
     )
 
 
+def test_a_tabular_run_gets_the_tabular_augmenter_and_an_l1_penalty() -> None:
+    from tuneforge.advice import describe_components
+    from tuneforge.pipeline import make_plugin_manager
+
+    rec = record(
+        curve([0.9, 0.5, 0.2, 0.05, 0.01], [0.7, 0.45, 0.5, 0.7, 0.9], [0.6, 0.8, 0.8, 0.78, 0.77]),
+        config={"task": "tabular-regression", "model": {"name": "mlp", "dropout": 0.0}},
+        labels={
+            "inputs": {"rooms": "rooms", "income": "income"},
+            "modalities": {"rooms": "tabular", "income": "tabular"},
+        },
+        fields={},
+        modalities=set(),
+        augmenters=[],
+    )
+    describe_components(rec, make_plugin_manager(None, None))
+    assert rec.modalities == {"tabular"}
+    assert "gaussian-noise" in rec.augmenters and "token-noise" not in rec.augmenters
+    (d,) = Overfitting().diagnose(rec)
+    assert d.patch["augmenters"] == [{"name": "gaussian-noise"}]
+    assert d.patch["model.dropout"] == 0.2 and d.patch["trainer.l1"] == 1e-5  # from scratch
+
+
 def test_overfitting_strengthens_existing_augmentation_and_uses_the_models_dropout_key() -> None:
     rec = record(
         curve([0.9, 0.4, 0.1, 0.02], [0.6, 0.4, 0.6, 0.9], [0.7, 0.8, 0.8, 0.75]),
