@@ -46,10 +46,27 @@ def _logits(out: Any) -> Any:
     return out.logits if hasattr(out, "logits") else out
 
 
-def improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    if not math.isfinite(value):
+def _row_slices(batch: dict[str, Any], n: int, chunks: int) -> Any:
+    """``(slice, sub-batch)`` for ``chunks`` consecutive pieces of a batch of ``n`` rows; values
+    that are not per-row tensors are passed whole to every piece."""
+    size = math.ceil(n / chunks)
+    for start in range(0, n, size):
+        part = slice(start, start + size)
+        yield (
+            part,
+            {
+                k: v[part] if hasattr(v, "shape") and v.ndim and v.shape[0] == n else v
+                for k, v in batch.items()
+            },
+        )
+
+
+def improved(value: float | None, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether ``value`` beats ``best`` by more than ``min_delta``; a missing or non-finite value
+    never does, and any finite value beats a missing or non-finite best."""
+    if value is None or not math.isfinite(value):
         return False
-    if best is None:
+    if best is None or not math.isfinite(best):
         return True
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
@@ -594,23 +611,15 @@ class Trainer:
             self._grads_touched = True
             acc.backward(self._penalised(loss))
             return loss.detach()
-        size = math.ceil(n / chunks)
         total = None
-        for start in range(0, n, size):
-            part = slice(start, start + size)
-            sub = {
-                k: v[part] if hasattr(v, "shape") and v.ndim and v.shape[0] == n else v
-                for k, v in batch.items()
-            }
+        for part, sub in _row_slices(batch, n, chunks):
             w = None if weights is None else weights[part]
-            share = (
-                (w.sum() / weights.sum()) if w is not None else (min(n, start + size) - start) / n
-            )
+            rows = min(n, part.stop) - part.start
+            share = (w.sum() / weights.sum()) if w is not None else rows / n
             out = model(**sub)
             loss = self._loss(loss_fn, _logits(out).float(), labels[part], w) * share
             self._grads_touched = True
-            last = start + size >= n
-            with nullcontext() if last else acc.no_sync(model):
+            with nullcontext() if part.stop >= n else acc.no_sync(model):
                 acc.backward(self._penalised(loss, share))
             total = loss.detach() if total is None else total + loss.detach()
         return total
@@ -639,6 +648,15 @@ class Trainer:
         loss = self._forward_backward(model, batch, labels, weights, loss_fn)
         window = loss if self._window_loss is None else self._window_loss + loss
         self._window_micro += 1
+        if acc.sync_gradients and self._poisoned:
+            # An out-of-memory retry inside this window left partial gradients behind: drop
+            # the window's update. Not a non-finite step (the retry's warning said what
+            # happened), so nonfinite: stop does not end the run for it.
+            self._poisoned = False
+            self._window_loss, self._window_micro = None, 0
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            return loss
         if acc.sync_gradients:
             norm = None
             if cfg.max_grad_norm:
@@ -652,9 +670,6 @@ class Trainer:
                 window = window + norm.to(window.device)
             # 0.0 when finite, 1.0 when NaN/inf (inf * 0 is NaN): the fused kernel's found_inf
             bad = (window * 0).nan_to_num_(nan=1.0)
-            if self._poisoned:
-                bad = torch.ones_like(bad)
-                self._poisoned = False
             self._record_nonfinite(bad, epoch, step + 1, scheduler.get_last_lr()[0])
             if acc.scaler is None:
                 if self._mask_on_device:
@@ -684,16 +699,7 @@ class Trainer:
             try:
                 if chunks == 1:
                     return _logits(model(**batch)).float()
-                size = math.ceil(n / chunks)
-                parts = []
-                for start in range(0, n, size):
-                    sub = {
-                        k: v[start : start + size]
-                        if hasattr(v, "shape") and v.ndim and v.shape[0] == n
-                        else v
-                        for k, v in batch.items()
-                    }
-                    parts.append(_logits(model(**sub)).float())
+                parts = [_logits(model(**sub)).float() for _, sub in _row_slices(batch, n, chunks)]
                 return torch.cat(parts)
             except Exception as exc:
                 if not self._is_oom(exc):

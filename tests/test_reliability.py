@@ -47,15 +47,18 @@ class Net(torch.nn.Module):
     """A small classifier. ``oom_above``: like a GPU without room for larger batches, its
     forward raises the real ``torch.cuda.OutOfMemoryError`` for a batch above that size."""
 
-    def __init__(self, oom_above: int | None = None) -> None:
+    def __init__(self, oom_above: int | None = None, oom_calls: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.body = torch.nn.Sequential(
             torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
         )
         self.oom_above = oom_above
+        self.oom_calls, self.calls = oom_calls, 0  # also out of memory at these forward calls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.oom_above is not None and x.shape[0] > self.oom_above:
+        self.calls += 1
+        too_big = self.oom_above is not None and x.shape[0] > self.oom_above
+        if too_big or self.calls in self.oom_calls:
             raise torch.cuda.OutOfMemoryError(
                 "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)"
             )
@@ -166,6 +169,24 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch() ->
     assert [r["train.steps"] for r in result.history] == [
         r["train.steps"] for r in ref_result.history
     ]
+
+
+def test_out_of_memory_late_in_an_accumulation_window_drops_that_update_only() -> None:
+    # Batch 16, 2 batches per optimizer step. Call 1 (16 rows) runs out of memory: split in 2.
+    # Calls 2-3 are the window's first batch, 4-5 its second: call 5 fails after call 4's
+    # backward, so the window holds partial gradients. That update is dropped; it is not a
+    # non-finite step, so the default nonfinite: stop does not end the run.
+    _, model, result, out = fit(
+        data(64, seed=1),
+        {"oom_above": 8, "oom_calls": (5,)},
+        batch_size=16,
+        gradient_accumulation_steps=2,
+        auto_batch_size=True,
+    )
+    assert "retrying with 4 x 8 accumulation" in out
+    assert result.skipped_steps == 0
+    assert [r["train.steps"] for r in result.history] == [2, 2]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_out_of_memory_without_auto_batch_size_is_a_one_line_error() -> None:
