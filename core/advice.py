@@ -44,14 +44,6 @@ class RunRecord:
     augmenters: list[str] = field(default_factory=list)
 
     @property
-    def pretrained(self) -> bool:
-        """Whether the model started from pretrained weights (a checkpoint or weights file)."""
-        model = self.config.get("model")
-        if not isinstance(model, dict) or model.get("pretrained") is False:
-            return False
-        return bool(model.get("checkpoint") or model.get("weights") or model.get("pretrained"))
-
-    @property
     def monitor(self) -> str:
         """The monitored validation key, e.g. ``"val.accuracy"``."""
         name = (
@@ -227,14 +219,6 @@ def next_round_dir(run_dir: Path, round_no: int) -> Path:
     return target
 
 
-def improved(new: float | None, old: float | None, mode: str) -> bool:
-    if new is None or not math.isfinite(new):
-        return False
-    if old is None or not math.isfinite(old):
-        return True
-    return new > old if mode == "max" else new < old
-
-
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
@@ -333,6 +317,8 @@ def refine(
             + "\n",
         )
         atomic_write_text(final / "refine.csv", pd.DataFrame(table).to_csv(index=False))
+        from tuneforge.trainer import improved
+
         better = improved(new.best_val(), record.best_val(), new.mode)
         record = new
         if not better:

@@ -112,7 +112,7 @@ def capture_rngs(holders: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 
 
 def restore_rngs(
-    meta: dict[str, Any], tensors: dict[str, Any], holders: dict[str, Any], globals_: bool = True
+    meta: dict[str, Any], tensors: dict[str, Any], holders: dict[str, Any]
 ) -> list[str]:
     """Set the generators back to a captured state; returns the paths it could not find."""
     import torch
@@ -121,8 +121,6 @@ def restore_rngs(
     for key, entry in meta.items():
         kind = entry["kind"]
         if not key.startswith("attr:"):
-            if not globals_:
-                continue
             if key == "python":
                 random.setstate(_py_unstate(entry["state"]))
             elif key == "numpy":

@@ -102,12 +102,17 @@ class BalancePlan:
     :param class_weights: per-class loss weights, or None.
     :param sample_weights: per-row sampling weights for a weighted sampler, or None.
     :param focal_gamma: use the focal loss with this focusing parameter instead of cross-entropy.
+    :param row_weights: per-row loss weights (row label -> weight), or None.
+    :param synthetic: rows the balancer made (e.g. SMOTE), a frame like the data's whose index
+        labels are new; they join the training split only.
     """
 
     indices: np.ndarray | None = None
     class_weights: np.ndarray | None = None
     sample_weights: np.ndarray | None = None
     focal_gamma: float | None = None
+    row_weights: dict[int, float] | None = None
+    synthetic: Any = None
     note: str = ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,25 @@ def read_table(
         raise DataError(f"{path}: cannot read as {fmt}: {type(exc).__name__}: {exc}") from exc
     frame = frame.reset_index(drop=True)
     return frame
+
+
+class WorkerRandom:
+    """The ``random.Random`` a dataset draws its augmentation from, reseeded in each
+    DataLoader worker process from the worker's own seed (torch gives each worker a different
+    one per epoch); without it every worker would repeat the same draws."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self._worker: int | None = None
+
+    def get(self) -> random.Random:
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker != info.id:
+            self._worker = info.id
+            self._rng = random.Random(info.seed)
+        return self._rng
 
 
 def class_list(values: Any) -> list[Any]:

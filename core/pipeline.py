@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 import tuneforge
+from tuneforge.checkpoint import STATE_DIR
 from tuneforge.components import BalancePlan, Finding, Trial, TrialPruned
 from tuneforge.config import (
     ComponentRef,
@@ -406,7 +407,7 @@ def train(
     rng = np.random.default_rng(cfg.split.seed)
     plan: BalancePlan = prep.balancer.plan(data, split.train, rng)
     train_rows = split.train if plan.indices is None else split.train[plan.indices]
-    synthetic = getattr(plan, "synthetic", None)  # rows a balancer made (SMOTE): train only
+    synthetic = plan.synthetic  # rows a balancer made (SMOTE): train only
     if synthetic is not None and len(synthetic):
         import pandas as pd
 
@@ -482,7 +483,7 @@ def train(
         val_set = task.make_dataset(data, split.val, prep.tokenizer, prep.preprocessors, [], seed)
         collate = task.collate_fn(prep.tokenizer, trainer.on_cuda)
         weights = {r: w for r, w in prep.row_weights.items() if r in data.frame.index}
-        for r, w in (getattr(plan, "row_weights", None) or {}).items():  # balancer loss weights
+        for r, w in (plan.row_weights or {}).items():  # balancer loss weights
             weights[r] = weights.get(r, 1.0) * w
         if weights:
             row_w = np.array([weights.get(int(r), 1.0) for r in train_rows], dtype=np.float32)
@@ -597,12 +598,11 @@ def train(
             test_dl = trainer.loader(test_set, collate, local=True)
             logits, labels = trainer.predict(best_model, test_dl)
             metrics = evaluate_metrics(prep, logits, labels, eval_loss)
+            base = majority_baseline(data, split.train, split.test)  # None without classes
+            if base is not None:
+                metrics["majority_baseline_accuracy"] = base
             if hasattr(task, "baselines"):  # reference models on the same split
                 metrics.update(task.baselines(data, split, prep.metrics))
-            else:
-                base = majority_baseline(data, split.train, split.test)
-                if base is not None:
-                    metrics["majority_baseline_accuracy"] = base
             hook.on_evaluate(run=ctx, split="test", metrics=metrics)
             return metrics, prediction_frame(task, data, split.test, logits, labels)
 
@@ -786,7 +786,7 @@ def _state_args(
             "started": ctx.started,
         }
 
-    return {"state_dir": folder.path / "state", "resume": resume, "on_checkpoint": on_checkpoint}
+    return {"state_dir": folder.path / STATE_DIR, "resume": resume, "on_checkpoint": on_checkpoint}
 
 
 def resume_run(
@@ -808,7 +808,7 @@ def resume_run(
     if process_count() > 1:
         raise UserError("--resume runs in one process (multi-process runs keep no training state)")
     source, final = find_resumable(run_dir)
-    steps = step_dirs(source / "state")
+    steps = step_dirs(source / STATE_DIR)
     if not steps:
         raise UserError(f"{source / 'state'}: no training-state checkpoint; nothing to resume")
     state = read_checkpoint(steps[-1][1])  # a truncated or missing file is named here
@@ -832,7 +832,7 @@ def resume_run(
     folder = RunFolder.adopt(source, final, run_info.get("history_bytes"))
     log(f"resuming {final.name} from {source.name}/state/{steps[-1][1].name}")
     try:
-        outcome = train(prep, folder, log, resume=folder.path / "state" / steps[-1][1].name)
+        outcome = train(prep, folder, log, resume=folder.path / STATE_DIR / steps[-1][1].name)
         return finish(outcome, prep, log, float(run_info.get("started") or time.time()))
     except BaseException as exc:
         close_failed(folder, exc, log)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from tuneforge.checkpoint import STATE_DIR, step_dirs
 from tuneforge.errors import UserError
 
 
@@ -127,7 +128,7 @@ class RunFolder:
 
     def commit(self) -> Path:
         self._history.close()
-        state = self.path / "state"
+        state = self.path / STATE_DIR
         if state.is_dir():  # training-state checkpoints: a completed run needs none
             doomed = self.path / ".state.old"
             os.replace(state, doomed)
@@ -197,8 +198,8 @@ def _alive(pid: int) -> bool:
 
 
 def _newest_state(folder: Path) -> float:
-    steps = [p for p in (folder / "state").glob("step-*") if p.is_dir()]
-    return max((p.stat().st_mtime for p in steps), default=-1.0)
+    steps = step_dirs(folder / STATE_DIR)
+    return max((p.stat().st_mtime for _, p in steps), default=-1.0)
 
 
 def find_resumable(path: Path) -> tuple[Path, Path]:

@@ -33,6 +33,15 @@ def _trainer(run: Any, key: str, default: Any) -> Any:
     return default if value is None and default is not None else value
 
 
+def _pretrained(run: Any) -> bool:
+    """Whether the run's model started from pretrained weights: the built-in model components
+    name them ``checkpoint`` (Hugging Face) or ``weights`` (timm); ``pretrained: false`` wins."""
+    model = _section(run, "model")
+    if model.get("pretrained") is False:
+        return False
+    return bool(model.get("checkpoint") or model.get("weights") or model.get("pretrained"))
+
+
 def _dropout_patch(run: Any, patch: dict[str, Any], reasons: dict[str, str]) -> None:
     """Raise the model's dropout (whichever key its component calls it)."""
     fields = run.fields.get("model", set())
@@ -127,7 +136,7 @@ class Overfitting(Advisor):
         reasons["trainer.weight_decay"] = "a stronger L2 penalty keeps the weights small"
         # L1 pulls every weight towards zero: right for a network trained from scratch, harmful
         # for pretrained weights (with Adam it erases those the task's gradient does not hold).
-        if "l1" in run.fields.get("trainer", set()) and not run.pretrained:
+        if "l1" in run.fields.get("trainer", set()) and not _pretrained(run):
             l1 = float(_trainer(run, "l1", 0.0) or 0.0)
             patch["trainer.l1"] = 1e-5 if l1 == 0 else min(1e-3, l1 * 10)
             reasons["trainer.l1"] = "an L1 penalty drives unneeded weights to zero"

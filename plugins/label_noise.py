@@ -299,19 +299,45 @@ def oof_probabilities(
     ``LogisticRegression(max_iter=1000)``, predicted with ``cross_val_predict`` over
     ``StratifiedKFold(folds, shuffle=True, random_state=seed)``; a text pair is joined into
     one document. Columns follow ``data.classes``; a class without rows gets zeros.
-    Other modalities are not supported yet: pass your own probabilities (``pred_probs``).
+    Other inputs: the task's ``label_noise_inputs(data) -> (X, estimator, description)``
+    gives the features (rows aligned with ``data.frame``) and an unfitted scikit-learn
+    classifier, cross-validated the same way; without it, pass your own ``pred_probs``.
 
-    :raises LabelNoiseError: the data is not classification, has unlabelled rows, has other
-        than text inputs, or has fewer rows (in all, or in a class) than ``folds``.
+    :raises LabelNoiseError: the data is not classification, has unlabelled rows, has non-text
+        inputs and a task without ``label_noise_inputs``, or has fewer rows (in all, or in a class) than ``folds``.
     """
+    return oof_probabilities_with_source(data, task, folds, seed)[0]
+
+
+def oof_probabilities_with_source(
+    data: TaskData, task: Any = None, folds: int = 5, seed: int = 0
+) -> tuple[np.ndarray, str]:
+    """:func:`oof_probabilities` and a description of the model that made them."""
     where = data.source
     prefix = f"{where}: " if where else ""
     if data.classes is None or data.target is None:
         raise LabelNoiseError(f"{prefix}label-noise: needs a classification task with labels")
     kinds = sorted({data.modalities.get(r, "unknown") for r in data.inputs})
-    if kinds != ["text"] and hasattr(task, "label_noise_inputs"):
-        return task_oof_probabilities(data, task, folds, seed)[0]
-    if kinds != ["text"]:
+    if kinds == ["text"]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+
+        def inputs() -> tuple[Any, Any, str]:
+            model = Pipeline(
+                [
+                    ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
+                    ("clf", LogisticRegression(max_iter=1000)),
+                ]
+            )
+            return _texts(data), model, "TF-IDF + logistic regression"
+
+    elif hasattr(task, "label_noise_inputs"):
+
+        def inputs() -> tuple[Any, Any, str]:
+            return task.label_noise_inputs(data)
+
+    else:
         raise LabelNoiseError(
             f"{prefix}label-noise: out-of-fold probabilities are built for text inputs only "
             f"so far (these inputs are {', '.join(kinds)}); give the validator pred_probs: a "
@@ -322,56 +348,18 @@ def oof_probabilities(
     labels = data.label_ids()
     check_folds(labels, data.classes, folds, where)
 
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import Pipeline
-
-    model = Pipeline(
-        [
-            ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
-            ("clf", LogisticRegression(max_iter=1000)),
-        ]
-    )
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
+    x, model, description = inputs()  # after the checks: image features take a while
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    # One BLAS/OpenMP thread: the sparse fits gain nothing from more, and on a busy machine
-    # spinning BLAS threads made lbfgs over 10x slower (TREC: 17 s instead of 1.2 s a fit).
+    # Text: one BLAS/OpenMP thread: the sparse fits gain nothing from more, and on a busy
+    # machine spinning BLAS threads made lbfgs over 10x slower (TREC: 17 s instead of 1.2 s a
+    # fit). The task's models (gradient boosting on OpenMP) keep their threads.
     try:
-        with threadpool_limits(limits=1):
-            probs = cross_val_predict(model, _texts(data), labels, cv=cv, method="predict_proba")
+        with threadpool_limits(limits=1 if kinds == ["text"] else None):
+            probs = cross_val_predict(model, x, labels, cv=cv, method="predict_proba")
     except ValueError as exc:  # e.g. "empty vocabulary": no text with a word of 2+ characters
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LabelNoiseError(
-            f"{prefix}label-noise: cannot fit TF-IDF + logistic regression: {first}"
-        ) from exc
-    out = np.zeros((len(labels), len(data.classes)))
-    out[:, np.unique(labels)] = probs
-    return out
-
-
-def task_oof_probabilities(
-    data: TaskData, task: Any, folds: int, seed: int
-) -> tuple[np.ndarray, str]:
-    """Out-of-fold probabilities from the task's own fast model (non-text inputs).
-
-    The task's ``label_noise_inputs(data) -> (X, estimator, description)`` gives the
-    features (rows aligned with ``data.frame``) and an unfitted scikit-learn classifier;
-    it is cross-validated like the text model. Returns the probabilities and the description.
-    """
-    prefix = f"{data.source}: " if data.source else ""
-    if data.frame[data.target].isna().any():
-        raise LabelNoiseError(f"{prefix}label-noise: some rows have no label; drop them first")
-    labels = data.label_ids()
-    check_folds(labels, data.classes, folds, data.source)
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    x, model, description = task.label_noise_inputs(data)
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    try:
-        probs = cross_val_predict(model, x, labels, cv=cv, method="predict_proba")
-    except ValueError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise LabelNoiseError(f"{prefix}label-noise: cannot fit {description}: {first}") from exc
     out = np.zeros((len(labels), len(data.classes)))
@@ -495,12 +483,7 @@ class LabelNoise(Validator):
             probs = load_pred_probs(path, labelled)
             source = f"probabilities from {path}"
         else:
-            kinds = {labelled.modalities.get(r, "unknown") for r in labelled.inputs}
-            if kinds != {"text"} and hasattr(task, "label_noise_inputs"):
-                probs, source = task_oof_probabilities(labelled, task, cfg.folds, cfg.seed)
-            else:
-                probs = oof_probabilities(labelled, task, cfg.folds, cfg.seed)
-                source = f"{cfg.folds}-fold TF-IDF + logistic regression"
+            probs, source = oof_probabilities_with_source(labelled, task, cfg.folds, cfg.seed)
         ranked, backend = backend_label_issues(labels, probs, cfg.method, cfg.backend)
         index = labelled.frame.index.to_numpy()
         rows = [int(index[r]) for r in ranked]

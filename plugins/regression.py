@@ -43,6 +43,7 @@ from tuneforge.components import (
 from tuneforge.data import TaskData
 from tuneforge.errors import ConfigError, DataError, UserError
 from tuneforge.hookspecs import Register
+from tuneforge.plugins.validators import preview
 
 SCALER_FILE = "target_scaler.json"
 LOSSES = ("mse", "l1", "huber")
@@ -225,7 +226,7 @@ def _scores(metrics: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarray) -> 
 
 
 class RegressionTaskMixin:
-    """What every regression task shares; the task sets ``self.loss_name`` if it wants.
+    """What every regression task shares; the loss comes from the model's ``loss`` (default mse).
 
     Datasets carry targets in their own units; :meth:`loss_fn` standardises them with the
     train-split :class:`TargetScaler` and :meth:`predictions` inverts the model outputs.
@@ -235,8 +236,24 @@ class RegressionTaskMixin:
     scaler: TargetScaler | None = None
     loss_name: str = "mse"
 
-    def fit_targets(self, data: TaskData, train_rows: np.ndarray, standardize: bool = True) -> None:
-        """Fit the target scaler on the train split (refusing all-equal training targets)."""
+    def check_target_config(self, data_config: Any) -> None:
+        """A regression task reads ``data.target`` (one or more columns), never ``data.label``."""
+        name = getattr(self, "name", "a regression task")
+        if data_config.label is not None:
+            raise ConfigError("data.label", f"{name} takes its target from data.target")
+        if data_config.target is None:
+            raise ConfigError("data.target", "missing: name the numeric target column(s)")
+
+    def fit_targets(
+        self,
+        data: TaskData,
+        train_rows: np.ndarray,
+        model_builder: Any = None,
+        standardize: bool = True,
+    ) -> None:
+        """Fit the target scaler on the train split (refusing all-equal training targets) and
+        take the loss from the model's ``loss`` parameter when it has one."""
+        self.loss_name = getattr(getattr(model_builder, "config", None), "loss", None) or "mse"
         cols = target_columns(data.target)
         values = target_values(data, train_rows).reshape(len(train_rows), -1)
         for j, col in enumerate(cols):
@@ -264,12 +281,6 @@ class RegressionTaskMixin:
         """Model outputs -> (predicted targets in their units, None)."""
         assert self.scaler is not None, "fit() or load_artifacts() first"
         return self.scaler.inverse(logits.float().numpy()), None
-
-    def target_names(self, data_config: Any) -> list[str]:
-        return target_columns(data_config.target)
-
-    def regression_metrics(self) -> dict[str, Any]:
-        return {name: cls() for name, cls in METRICS.items() if name != "mape"}
 
     def save_artifacts(self, model: Any, tokenizer: Any, model_builder: Any, folder: Path) -> None:
         """The task's checkpoint files plus ``target_scaler.json``."""
@@ -441,11 +452,6 @@ def baseline_scores(
 # -- validators ------------------------------------------------------------------------------
 
 
-def _preview(rows: list[int], n: int = 5) -> str:
-    head = ", ".join(map(str, rows[:n]))
-    return f"{head}, ... ({len(rows)} in all)" if len(rows) > n else head
-
-
 def _regression_target(data: TaskData, name: str) -> list[str]:
     if data.problem != "regression" or data.target is None:
         raise UserError(f"{name} checks regression targets; this task is {data.problem}")
@@ -474,7 +480,7 @@ class TargetValues(Validator):
                         Finding(
                             kind,
                             "warning",
-                            f"{len(rows)} rows {what} in column {col!r}: rows {_preview(rows)}",
+                            f"{len(rows)} rows {what} in column {col!r}: rows {preview(rows)}",
                             rows,
                             details={"column": col},
                         )
@@ -539,7 +545,7 @@ class TargetOutliers(Validator):
         finding = Finding(
             "target-outlier",
             "warning",
-            f"{len(rows)} rows have outlying targets ({'; '.join(parts)}): rows {_preview(rows)}",
+            f"{len(rows)} rows have outlying targets ({'; '.join(parts)}): rows {preview(rows)}",
             rows,
             details={"method": cfg.method},
         )
@@ -584,7 +590,7 @@ class CappedTarget(Validator):
                             "capped-target",
                             "warning",
                             f"{n} rows ({n / len(v):.1%}) of {col!r} sit exactly at its {side} "
-                            f"{value:g}: a capped (censored) target? rows {_preview(rows)}",
+                            f"{value:g}: a capped (censored) target? rows {preview(rows)}",
                             rows,
                             details={"column": col, "value": float(value), "side": side},
                         )
@@ -678,9 +684,7 @@ class TargetBins(Balancer):
         how = f"{n} target bins, smoothing {cfg.smoothing:g}, power {cfg.power:g}"
         if cfg.mode == "sampler":
             return BalancePlan(sample_weights=row_w, note=f"weighted sampler over {how}")
-        plan = RegressionPlan(
-            note=f"loss weights over {how} ({row_w.min():.2f}..{row_w.max():.2f})"
-        )
+        plan = BalancePlan(note=f"loss weights over {how} ({row_w.min():.2f}..{row_w.max():.2f})")
         plan.row_weights = {int(r): float(x) for r, x in zip(train_rows, row_w, strict=True)}
         return plan
 
@@ -705,12 +709,6 @@ class OversampleBins(Balancer):
         return BalancePlan(
             indices=idx, note=f"oversampled rare target bins to {target} rows ({len(idx)} in all)"
         )
-
-
-class RegressionPlan(BalancePlan):
-    """A :class:`BalancePlan` with per-row loss weights (row label -> weight)."""
-
-    row_weights: dict[int, float] | None = None
 
 
 @hookimpl

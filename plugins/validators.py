@@ -22,9 +22,10 @@ def _rows(index: pd.Index | list[Any]) -> list[int]:
     return [int(i) for i in index]
 
 
-def _preview(rows: list[int], n: int = 5) -> str:
-    head = ", ".join(map(str, rows[:n]))
-    return f"{head}, ... ({len(rows)} in all)" if len(rows) > n else head
+def preview(items: list[Any], n: int = 5, sep: str = ", ") -> str:
+    """The first ``n`` items, and how many there are in all when there are more."""
+    head = sep.join(map(str, items[:n]))
+    return f"{head}{sep}... ({len(items)} in all)" if len(items) > n else head
 
 
 def content_keys(data: TaskData, task: Any) -> pd.Series:
@@ -53,7 +54,7 @@ class Schema(Validator):
                         Finding(
                             "non-text-value",
                             "warning",
-                            f"column {col!r} holds non-text values in rows {_preview(rows)}",
+                            f"column {col!r} holds non-text values in rows {preview(rows)}",
                             rows,
                         )
                     )
@@ -88,7 +89,7 @@ class Missing(Validator):
                     Finding(
                         "missing-value",
                         "warning",
-                        f"{len(rows)} rows have no value in column {col!r}: rows {_preview(rows)}",
+                        f"{len(rows)} rows have no value in column {col!r}: rows {preview(rows)}",
                         rows,
                         details={"column": col},
                     )
@@ -116,7 +117,7 @@ class EmptyText(Validator):
                     Finding(
                         "empty-text",
                         "warning",
-                        f"{len(rows)} empty texts in column {col!r}: rows {_preview(rows)}",
+                        f"{len(rows)} empty texts in column {col!r}: rows {preview(rows)}",
                         rows,
                         details={"column": col},
                     )
@@ -145,7 +146,7 @@ class Duplicates(Validator):
             Finding(
                 "duplicate",
                 "warning",
-                f"{int(extra.sum())} duplicate rows in {groups} groups (same text and label): rows {_preview(rows)}",
+                f"{int(extra.sum())} duplicate rows in {groups} groups (same text and label): rows {preview(rows)}",
                 rows,
                 drop=_rows(frame.index[extra]),
                 details={"groups": groups},

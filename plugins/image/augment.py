@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import random
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -52,6 +53,24 @@ def _parse_step(step: Step, key: str) -> tuple[str, dict[str, Any]]:
     raise StepError(
         key, "write a step as Name, {name: Name, param: value} or {Name: {param: value}}"
     )
+
+
+def _build_steps(
+    steps: list[Any], field: str, valid: dict[str, Any], kind: str, make: Callable
+) -> Any:
+    """``(key, name, instance)`` for each configured step: the name checked against ``valid``
+    (close names suggested), the parameters against its signature, then ``make(cls, params)``."""
+    for i, step in enumerate(steps):
+        key = f"{field}[{i}]"
+        name, params = _parse_step(step, key)
+        if name not in valid:
+            raise _unknown(name, sorted(valid), key, kind)
+        _check_params(valid[name], params, key, name)
+        try:
+            instance = make(valid[name], params)
+        except Exception as exc:
+            raise StepError(key, f"{name}: {_first_line(exc)}") from None
+        yield key, name, instance
 
 
 def _check_params(cls: Any, params: dict[str, Any], key: str, label: str) -> None:
@@ -137,18 +156,16 @@ class Albumentations(Augmenter):
         super().__init__(config)
         import albumentations as A
 
-        valid = albumentations_transforms()
-        steps = []
-        for i, step in enumerate(self.config.transforms):
-            key = f"transforms[{i}]"
-            name, params = _parse_step(step, key)
-            if name not in valid:
-                raise _unknown(name, sorted(valid), key, "albumentations transform")
-            _check_params(valid[name], params, key, name)
-            try:
-                steps.append(valid[name](**params))
-            except Exception as exc:
-                raise StepError(key, f"{name}: {_first_line(exc)}") from None
+        steps = [
+            step
+            for _, _, step in _build_steps(
+                self.config.transforms,
+                "transforms",
+                albumentations_transforms(),
+                "albumentations transform",
+                lambda cls, params: cls(**params),
+            )
+        ]
         self.compose = A.Compose(steps, p=self.config.p, seed=0)
         self._seeded: Any = None
         _dry_run(
@@ -221,23 +238,21 @@ class Imgaug(Augmenter):
             and not inspect.isabstract(getattr(iaa, n))
         }
         steps = []
-        for i, step in enumerate(self.config.augmenters):
-            key = f"augmenters[{i}]"
-            name, params = _parse_step(step, key)
-            if name not in valid:
-                raise _unknown(name, sorted(valid), key, "imgaug augmenter")
-            _check_params(valid[name], params, key, name)
-            try:
-                steps.append(valid[name](**{k: _imgaug_value(v) for k, v in params.items()}))
-            except Exception as exc:
-                raise StepError(key, f"{name}: {_first_line(exc)}") from None
+        for key, name, step in _build_steps(
+            self.config.augmenters,
+            "augmenters",
+            valid,
+            "imgaug augmenter",
+            lambda cls, params: cls(**{k: _imgaug_value(v) for k, v in params.items()}),
+        ):
             try:  # some augmenters fail only when run (ElasticTransformation on OpenCV 5)
-                steps[-1].deterministic = False
-                _dry_run(lambda im, s=steps[-1]: s.augment_image(im), key, f"imgaug's {name}")
+                step.deterministic = False
+                _dry_run(lambda im, s=step: s.augment_image(im), key, f"imgaug's {name}")
             except StepError as exc:
                 raise StepError(
                     key, f"{exc.problem}; leave it out or pick another augmenter"
                 ) from None
+            steps.append(step)
         self.seq = iaa.Sequential(steps, random_order=self.config.random_order)
         self._seeded: Any = None
 

@@ -21,11 +21,7 @@ from tuneforge.components import (
 )
 from tuneforge.data import TaskData
 from tuneforge.errors import UserError
-
-
-def _preview(names: list[str], n: int = 3) -> str:
-    head = "; ".join(names[:n])
-    return f"{head}; ... ({len(names)} in all)" if len(names) > n else head
+from tuneforge.plugins.validators import preview
 
 
 class ImageFiles(Validator):
@@ -83,7 +79,7 @@ class ImageFiles(Validator):
                     Finding(
                         kind,
                         "error" if key != "small" else "warning",
-                        f"{len(found)} {what}: {_preview([m for _, m in found])}",
+                        f"{len(found)} {what}: {preview([m for _, m in found], 3, '; ')}",
                         [r for r, _ in found],
                         details={"files": [m for _, m in found][:100]},
                     )

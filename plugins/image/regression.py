@@ -9,7 +9,7 @@ quantile-binned strata for the split.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -27,15 +27,11 @@ from tuneforge.plugins.regression import (
 class ImageRegressionTask(RegressionTaskMixin, ImageClassificationTask):
     """Predict one or more numbers per image (``data.target``: a column or a list)."""
 
-    problem: ClassVar[str] = "regression"
     name = "image-regression"
 
     def load(self, data_config: Any, base_dir: Path) -> TaskData:
         self.base_dir = base_dir
-        if data_config.label is not None:
-            raise ConfigError("data.label", f"{self.name} takes its target from data.target")
-        if data_config.target is None:
-            raise ConfigError("data.target", "missing: name the numeric target column(s)")
+        self.check_target_config(data_config)
         path = Path(data_config.path)
         path = path if path.is_absolute() else base_dir / path
         if path.is_dir():
@@ -64,7 +60,7 @@ class ImageRegressionTask(RegressionTaskMixin, ImageClassificationTask):
 
     def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: Any) -> None:
         """The target scaler, fitted on the training split."""
-        self.fit_targets(data, train_rows)
+        self.fit_targets(data, train_rows, model_builder)
 
     def make_dataset(
         self,
@@ -86,7 +82,7 @@ class ImageRegressionTask(RegressionTaskMixin, ImageClassificationTask):
     def build_model(self, model_builder: Any, data: TaskData, tokenizer: Any) -> Any:
         import torch
 
-        model = model_builder.build(len(target_columns(data.target)), self.base_dir)
+        model = model_builder.build(self.n_outputs(data), self.base_dir)
         model.label_names = target_columns(data.target)
         # A small head: predictions start near the (standardised) mean. timm's default head
         # init is scaled for class logits (efficientnet's is U(-1, 1) for one output), which

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tuneforge.components import StrictConfig, Task
-from tuneforge.data import TaskData, read_table, require_columns, resolve_classes
+from tuneforge.data import TaskData, WorkerRandom, read_table, require_columns, resolve_classes
 from tuneforge.errors import ConfigError, DataError, UserError
 
 #: Modes that convert losslessly enough to L/RGB; others (e.g. 32-bit float "F") are refused.
@@ -103,20 +103,13 @@ class ImageDataset:
         self.paths, self.labels, self.channels = paths, labels, channels
         self.transform, self.augmenters, self.mixup = transform, augmenters, mixup
         self.seed = seed
-        self._rng = random.Random(seed)
-        self._worker: int | None = None
+        self._rngs = WorkerRandom(seed)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def rng(self) -> random.Random:
-        import torch.utils.data
-
-        info = torch.utils.data.get_worker_info()
-        if info is not None and self._worker != info.id:
-            self._worker = info.id
-            self._rng = random.Random(info.seed)
-        return self._rng
+        return self._rngs.get()
 
     def image(self, i: int) -> Any:
         """The decoded, augmented PIL image of example ``i``."""

@@ -11,6 +11,7 @@ both load a run's model without tuneforge.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,21 @@ def _package_weights(name: str) -> Path:
 
 
 def read_state_dict(path: Path, key: str = "model.weights") -> dict[str, Any]:
-    """A state dict from safetensors or a torch file, loaded safely (``weights_only=True``)."""
-    import torch
+    """A state dict from safetensors or a torch file, loaded safely (``weights_only=True``).
 
+    The last file read is kept (keyed by path, size and modification time): the config check
+    and the model build, or the trials of a study, read it once.
+    """
     if not path.is_file():
         raise ConfigError(key, f"weights file not found: {path}")
+    stat = path.stat()
+    return dict(_read_state_dict(path.resolve(), stat.st_size, stat.st_mtime_ns, key))
+
+
+@functools.lru_cache(maxsize=1)
+def _read_state_dict(path: Path, size: int, mtime_ns: int, key: str) -> dict[str, Any]:
+    import torch
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -403,8 +414,6 @@ class TimmModel(ModelBuilder):
         if not cfg_path.is_file() or not weights.is_file():
             raise UserError(f"{folder}: not a timm checkpoint (config.json/model.safetensors)")
         cfg = json.loads(cfg_path.read_text())
-        args = dict(cfg.get("model_args") or {})
-        args.pop("in_chans", None)
         model = self.create(int(cfg["num_classes"]))
         try:
             model.load_state_dict(load_file(str(weights)))

@@ -19,12 +19,6 @@ from tuneforge.data import TaskData
 from tuneforge.errors import UserError
 
 
-class SyntheticPlan(BalancePlan):
-    """A :class:`BalancePlan` with synthetic training rows (a frame like the data's)."""
-
-    synthetic: pd.DataFrame | None = None
-
-
 class _Smote(Balancer):
     method = "smote"
 
@@ -107,7 +101,7 @@ class _Smote(Balancer):
         classes = np.asarray(data.classes, dtype=object)
         synthetic[data.target] = classes[y_res[len(x) :]]
         after = np.bincount(y_res, minlength=len(data.classes))
-        plan = SyntheticPlan(
+        plan = BalancePlan(
             note=f"{self.method}: {len(new)} synthetic training rows (class counts "
             + ", ".join(
                 f"{c}: {a} -> {b}" for c, a, b in zip(data.classes, counts, after, strict=True)
@@ -148,4 +142,4 @@ class BorderlineSmote(_Smote):
     method = "borderline-smote"
 
 
-__all__ = ["Adasyn", "BorderlineSmote", "Smote", "SyntheticPlan"]
+__all__ = ["Adasyn", "BorderlineSmote", "Smote"]

@@ -8,11 +8,7 @@ import pandas as pd
 
 from tuneforge.components import Finding, Validator, ValidatorConfig
 from tuneforge.data import TaskData
-
-
-def _preview(rows: list[int], n: int = 5) -> str:
-    head = ", ".join(map(str, rows[:n]))
-    return f"{head}, ... ({len(rows)} in all)" if len(rows) > n else head
+from tuneforge.plugins.validators import preview
 
 
 class MissingFeatures(Validator):
@@ -45,7 +41,7 @@ class MissingFeatures(Validator):
                         "missing-feature",
                         "warning",
                         f"{len(rows)} rows have no value in feature {col!r} ({then}): rows "
-                        f"{_preview(rows)}",
+                        f"{preview(rows)}",
                         rows,
                         details={"column": col},
                     )

@@ -8,13 +8,13 @@ values to integer codes (0 = missing or unseen); it is saved with the checkpoint
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tuneforge.data import WorkerRandom
 from tuneforge.errors import ConfigError, DataError, UserError
 
 PREPROCESS_FILE = "tabular_preprocess.json"
@@ -264,7 +264,7 @@ class TabularDataset:
     ) -> None:
         self.x_num, self.x_cat, self.labels = x_num, x_cat, labels
         self.augmenters = list(augmenters)
-        self.rng = random.Random(seed)
+        self._rngs = WorkerRandom(seed)
         mixing = any(hasattr(a, "mix") for a in self.augmenters)
         self.soft = n_classes if (mixing and n_classes) else None
 
@@ -285,15 +285,16 @@ class TabularDataset:
         example = {"num": self.x_num[i].copy(), "cat": self.x_cat[i].copy()}
         if self.labels is not None:
             example["label"] = self._label(i)
+        rng = self._rngs.get()
         for aug in self.augmenters:
             if hasattr(aug, "mix"):
-                j = self.rng.randrange(len(self))
+                j = rng.randrange(len(self))
                 partner = {"num": self.x_num[j], "cat": self.x_cat[j]}
                 if self.labels is not None:
                     partner["label"] = self._label(j)
-                example = aug.mix(example, partner, self.rng)
+                example = aug.mix(example, partner, rng)
             else:
-                example = aug(example, self.rng)
+                example = aug(example, rng)
         item = {
             "x_num": torch.as_tensor(np.asarray(example["num"], dtype=np.float32)),
             "x_cat": torch.as_tensor(np.asarray(example["cat"], dtype=np.int64)),

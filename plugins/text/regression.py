@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tuneforge.data import TaskData, read_table, require_columns
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import DataError
 from tuneforge.plugins.regression import (
     DEFAULT_METRICS,
     DEFAULT_VALIDATORS,
@@ -50,10 +50,7 @@ class TextRegressionTask(RegressionTaskMixin, TextClassificationTask):
     name = "text-regression"
 
     def load(self, data_config: Any, base_dir: Path) -> TaskData:
-        if data_config.label is not None:
-            raise ConfigError("data.label", f"{self.name} takes its target from data.target")
-        if data_config.target is None:
-            raise ConfigError("data.target", "missing: name the numeric target column(s)")
+        self.check_target_config(data_config)
         path = Path(data_config.path)
         path = path if path.is_absolute() else base_dir / path
         frame = read_table(path, data_config.format, data_config.read_options)
@@ -82,8 +79,7 @@ class TextRegressionTask(RegressionTaskMixin, TextClassificationTask):
         }
 
     def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: Any = None) -> None:
-        self.loss_name = getattr(getattr(model_builder, "config", None), "loss", None) or "mse"
-        self.fit_targets(data, train_rows)
+        self.fit_targets(data, train_rows, model_builder)
 
     def make_dataset(
         self,
