@@ -1,13 +1,21 @@
-"""Check: the refinement loop on a real overfitting case (issue 7).
+"""Check: the refinement loop on real overfitting cases (issue 7).
 
-A big model on a small slice: the pretrained MiniLM-L6 (22M parameters) fine-tuned for many
-epochs at a constant learning rate, without early stopping, on a stratified slice of
-../shared/data/trec (question type, 6 classes). Round 1 overfits; `tuneforge refine --apply`
-diagnoses it and trains round 2 with the advisors' patch. Both rounds are scored on their own
-validation/test split and on the official TREC test set (500 questions), which neither saw.
-Each seed draws its own slice, split and initialisation; the means are over the seeds.
+``--case trec`` (default): a big model on a small slice. The pretrained MiniLM-L6 (22M
+parameters) fine-tuned for many epochs at a constant learning rate, without early stopping, on a
+stratified slice of ../shared/data/trec (question type, 6 classes); scored also on the official
+TREC test set (500 questions).
 
-    python bench/refine_overfit.py [--rows 500] [--epochs 15] [--lr 2e-4] [--seeds 0 1 2]
+``--case housing``: a network trained from scratch. A wide, deep `mlp` without dropout, weight
+decay or normalisation, many epochs at a constant learning rate on a small slice of
+../shared/data/california_housing; scored also on 5,000 other districts.
+
+Round 1 overfits; `tuneforge refine --apply --rounds 1` diagnoses it and trains round 2 with the
+advisors' patch. Both rounds are scored on their own validation/test split and on the held-out
+set, which neither saw. Each seed draws its own slice, split and initialisation; the means are
+over the seeds.
+
+    python bench/refine_overfit.py [--case trec] [--rows 500] [--epochs 15] [--seeds 0 1 2]
+    python bench/refine_overfit.py --case housing            # 1,000 rows, 80 epochs
 """
 
 from __future__ import annotations
@@ -17,68 +25,118 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 from sklearn.model_selection import train_test_split
 
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TUNEFORGE = Path(sys.executable).parent / "tuneforge"
 
-def official_accuracy(tuneforge: Path, run: Path, test_csv: Path, out: Path) -> float:
+
+def predict(run: Path, inputs: Path, out: Path) -> pd.DataFrame:
     subprocess.run(
-        [str(tuneforge), "predict", str(run), "--input", str(test_csv), "--output", str(out)],
+        [str(TUNEFORGE), "predict", str(run), "--input", str(inputs), "--output", str(out)],
         check=True,
+        stdout=subprocess.DEVNULL,
     )
-    pred = pd.read_csv(out)
-    return float((pred["prediction"] == pred["label"]).mean())
+    return pd.read_csv(out)
 
 
-def one_seed(args: argparse.Namespace, tuneforge: Path, out: Path, seed: int) -> list[dict]:
-    """Round 1 and `refine --apply` on a slice drawn with ``seed`` (also the split and
-    training seed); both rounds scored on their own splits and the official test set."""
-    out.mkdir(parents=True, exist_ok=True)
-    train = pd.read_csv(args.data / "train.csv")
+def trec(args: argparse.Namespace, out: Path, seed: int) -> tuple[dict, Callable, str]:
+    """Round 1's config, the held-out scorer and its column name."""
+    train = pd.read_csv(DATA / "trec" / "train.csv")
     small, _ = train_test_split(
         train, train_size=args.rows, stratify=train["coarse_label"], random_state=seed
     )
     small = small.rename(columns={"coarse_label": "label"})[["text", "label"]]
-    small.to_csv(out / "trec_small.csv", index=False)
-    test = pd.read_csv(args.data / "test.csv").rename(columns={"coarse_label": "label"})
-    test[["text", "label"]].to_csv(out / "trec_test.csv", index=False)
+    small.to_csv(out / "small.csv", index=False)
+    test = pd.read_csv(DATA / "trec" / "test.csv").rename(columns={"coarse_label": "label"})
+    test[["text", "label"]].to_csv(out / "holdout.csv", index=False)
     cfg = {
         "task": "text-classification",
-        "data": {"path": str(out / "trec_small.csv")},
-        "split": {"seed": seed},
+        "data": {"path": str(out / "small.csv")},
         "tokenizer": {"name": "hf-tokenizer", "max_length": 48},
         "model": {"name": "hf-sequence-classification", "checkpoint": "minilm-l6"},
         "metrics": ["accuracy", "balanced_accuracy", "f1_macro"],
         "trainer": {
-            "epochs": args.epochs,
             "batch_size": 16,
-            "lr": args.lr,
-            "weight_decay": 0.0,
-            "schedule": "constant",
+            "lr": args.lr or 2e-4,
             "monitor": "accuracy",
-            "early_stopping_patience": None,
             "log_every_n_steps": 5,
-            "seed": seed,
         },
-        "output": {"dir": str(out / "runs" / "trec"), "overwrite": True},
     }
+
+    def accuracy(run: Path) -> float:
+        pred = predict(run, out / "holdout.csv", out / f"{run.name}.csv")
+        return round(float((pred["prediction"] == pred["label"]).mean()), 4)
+
+    return cfg, accuracy, "trec_test_500.accuracy"
+
+
+def housing(args: argparse.Namespace, out: Path, seed: int) -> tuple[dict, Callable, str]:
+    target = "median_house_value"
+    frame = pd.read_csv(DATA / "california_housing" / "housing.csv")
+    frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    frame.iloc[: args.rows].to_csv(out / "small.csv", index=False)
+    frame.iloc[args.rows : args.rows + 5000].to_csv(out / "holdout.csv", index=False)
+    cfg = {
+        "task": "tabular-regression",
+        "data": {"path": str(out / "small.csv"), "target": target},
+        "validators": ["missing-features", "constant-columns", "target-values"],
+        "model": {"name": "mlp", "hidden": 512, "layers": 4, "dropout": 0.0, "norm": "none"},
+        "metrics": ["rmse", "mae", "r2"],
+        "trainer": {
+            "batch_size": 32,
+            "lr": args.lr or 2e-3,
+            "monitor": "rmse",
+            "log_every_n_steps": 50,
+        },
+    }
+
+    def rmse(run: Path) -> float:
+        pred = predict(run, out / "holdout.csv", out / f"{run.name}.csv")
+        column = next(c for c in pred.columns if c.startswith("prediction"))
+        truth = pd.read_csv(out / "holdout.csv")[target].to_numpy()
+        return round(float(np.sqrt(np.mean((pred[column].to_numpy() - truth) ** 2))))
+
+    return cfg, rmse, "holdout_5000.rmse"
+
+
+CASES = {"trec": (trec, 500, 15), "housing": (housing, 1000, 80)}
+
+
+def one_seed(args: argparse.Namespace, out: Path, seed: int) -> list[dict]:
+    """Round 1, then `refine --apply`; both rounds' validation, test and held-out scores."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, held_out, column = CASES[args.case][0](args, out, seed)
+    cfg["split"] = {"seed": seed}
+    cfg["trainer"].update(
+        epochs=args.epochs,
+        weight_decay=0.0,
+        schedule="constant",
+        early_stopping_patience=None,
+        seed=seed,
+    )
+    cfg["output"] = {"dir": str(out / "runs" / args.case), "overwrite": True}
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    subprocess.run([str(tuneforge), "run", str(out / "config.yaml"), "-q"], check=True)
-    r1 = out / "runs" / "trec"
-    for old in (out / "runs").glob("trec-r*"):
+    subprocess.run([str(TUNEFORGE), "run", str(out / "config.yaml"), "-q"], check=True)
+    r1 = out / "runs" / args.case
+    for old in (out / "runs").glob(f"{args.case}-r*"):
         subprocess.run(["rm", "-rf", str(old)], check=True)
     refine = subprocess.run(
-        [str(tuneforge), "refine", str(r1), "--apply", "--rounds", "1", "-q"],
+        [str(TUNEFORGE), "refine", str(r1), "--apply", "--rounds", "1", "-q"],
         check=True,
         capture_output=True,
         text=True,
     )
     print(refine.stdout, flush=True)
+    monitor = cfg["trainer"]["monitor"]
     rows = []
-    for name, run in (("round 1", r1), ("round 2", out / "runs" / "trec-r2")):
+    for name, run in (("round 1", r1), ("round 2", out / "runs" / f"{args.case}-r2")):
         metrics = json.loads((run / "metrics.json").read_text())
         rows.append(
             {
@@ -86,15 +144,10 @@ def one_seed(args: argparse.Namespace, tuneforge: Path, out: Path, seed: int) ->
                 "round": name,
                 "best_epoch": metrics["best_epoch"],
                 "epochs_run": metrics["epochs_run"],
-                "val.accuracy": round(metrics["val"]["accuracy"], 4),
+                f"val.{monitor}": round(metrics["val"][monitor], 4),
                 "val.loss": round(metrics["val"]["loss"], 4),
-                "test.accuracy": round(metrics["test"]["accuracy"], 4),
-                "trec_test_500.accuracy": round(
-                    official_accuracy(
-                        tuneforge, run, out / "trec_test.csv", out / f"{run.name}.csv"
-                    ),
-                    4,
-                ),
+                f"test.{monitor}": round(metrics["test"][monitor], 4),
+                column: held_out(run),
             }
         )
     return rows
@@ -102,24 +155,27 @@ def one_seed(args: argparse.Namespace, tuneforge: Path, out: Path, seed: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    root = Path(__file__).resolve().parents[1]
-    parser.add_argument("--data", type=Path, default=root.parent / "shared/data/trec")
-    parser.add_argument("--rows", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--case", choices=sorted(CASES), default="trec")
+    parser.add_argument("--rows", type=int, help="slice size (trec 500, housing 1,000)")
+    parser.add_argument("--epochs", type=int, help="round 1 epochs (trec 15, housing 80)")
+    parser.add_argument("--lr", type=float, help="constant lr (trec 2e-4, housing 2e-3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("/tmp/tuneforge-refine-bench"))
     args = parser.parse_args()
-    tuneforge = Path(sys.executable).parent / "tuneforge"
+    _, rows, epochs = CASES[args.case]
+    args.rows = args.rows or rows
+    args.epochs = args.epochs or epochs
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} is absent")
     t0 = time.time()
-    rows = []
+    table = []
     for seed in args.seeds:
-        rows += one_seed(args, tuneforge, args.out.resolve() / f"seed{seed}", seed)
-    table = pd.DataFrame(rows)
+        table += one_seed(args, args.out.resolve() / args.case / f"seed{seed}", seed)
+    frame = pd.DataFrame(table)
     pd.set_option("display.width", 200)
-    print(table.to_string(index=False))
+    print(frame.to_string(index=False))
     print(f"\nmeans over seeds {args.seeds}:")
-    print(table.drop(columns="seed").groupby("round").mean().round(4).to_string())
+    print(frame.drop(columns="seed").groupby("round").mean().round(4).to_string())
     print(f"total {time.time() - t0:.0f} s")
 
 

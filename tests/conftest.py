@@ -32,6 +32,12 @@ def run_cli(
     )
 
 
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    """The command's stdout, after asserting it succeeded (its output in the failure)."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     """A user error as the CLI must report it: exit 2, one line, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import one_line_error, run_cli
+from conftest import ok, one_line_error, run_cli
 from tinymodels import make_texts, write_csv
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,11 +27,6 @@ CLASSIFICATION_PLOTS = {
     "confusion_matrix.png",
     "class_counts.png",
 }
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")

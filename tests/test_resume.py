@@ -13,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TUNEFORGE, one_line_error, run_cli
+from conftest import TUNEFORGE, ok, one_line_error, run_cli
 
 DEAD_PID = 4_999_999  # above Linux's pid_max: no process has it
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
 
 
 def comparable(run: Path) -> tuple[dict, list]:

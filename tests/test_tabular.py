@@ -11,12 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import SHARED_DATA, one_line_error, run_cli
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+from conftest import SHARED_DATA, ok, one_line_error, run_cli
 
 
 def linear_table(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -185,7 +180,7 @@ def test_bad_tabular_inputs_get_one_line_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "runs" / "run").exists()
 
 
-def test_tabular_label_noise_uses_gradient_boosting_out_of_fold() -> None:
+def test_tabular_label_noise_uses_gradient_boosting_out_of_fold(tmp_path: Path) -> None:
     from tuneforge.config import DataConfig
     from tuneforge.plugins.label_noise import LabelNoise
     from tuneforge.plugins.tabular.task import TabularClassificationTask
@@ -196,7 +191,7 @@ def test_tabular_label_noise_uses_gradient_boosting_out_of_fold() -> None:
     frame = pd.DataFrame({"a": a, "b": b, "label": np.where(a > 0, "pos", "neg")})
     flipped = rng.choice(np.flatnonzero(np.abs(a) > 1.0), size=12, replace=False)
     frame.loc[flipped, "label"] = np.where(frame.loc[flipped, "label"] == "pos", "neg", "pos")
-    path = Path("/tmp/tf_tab_noise.csv")
+    path = tmp_path / "noise.csv"
     frame.to_csv(path, index=False)
     task = TabularClassificationTask()
     data = task.load(DataConfig(path=path, label="label"), Path("/"))

@@ -10,13 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import ok, run_cli
 from tinymodels import make_texts, write_csv
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
 
 
 def test_run_writes_a_complete_run_folder_and_predicts(project) -> None:
