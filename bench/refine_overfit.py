@@ -14,7 +14,7 @@ advisors' patch. Both rounds are scored on their own validation/test split and o
 set, which neither saw. Each seed draws its own slice, split and initialisation; the means are
 over the seeds.
 
-    python bench/refine_overfit.py [--case trec] [--rows 500] [--epochs 15] [--seeds 0 1 2]
+    python bench/refine_overfit.py [--case trec] [--rows 1000] [--epochs 15] [--seeds 0 1 2]
     python bench/refine_overfit.py --case housing            # 1,000 rows, 80 epochs
 """
 
@@ -106,7 +106,7 @@ def housing(args: argparse.Namespace, out: Path, seed: int) -> tuple[dict, Calla
     return cfg, rmse, "holdout_5000.rmse"
 
 
-CASES = {"trec": (trec, 500, 15), "housing": (housing, 1000, 80)}
+CASES = {"trec": (trec, 1000, 15), "housing": (housing, 1000, 80)}
 
 
 def one_seed(args: argparse.Namespace, out: Path, seed: int) -> list[dict]:
@@ -156,7 +156,7 @@ def one_seed(args: argparse.Namespace, out: Path, seed: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(CASES), default="trec")
-    parser.add_argument("--rows", type=int, help="slice size (trec 500, housing 1,000)")
+    parser.add_argument("--rows", type=int, help="slice size (1,000 rows for both cases)")
     parser.add_argument("--epochs", type=int, help="round 1 epochs (trec 15, housing 80)")
     parser.add_argument("--lr", type=float, help="constant lr (trec 2e-4, housing 2e-3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

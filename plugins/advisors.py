@@ -140,7 +140,27 @@ class Overfitting(Advisor):
             l1 = float(_trainer(run, "l1", 0.0) or 0.0)
             patch["trainer.l1"] = 1e-5 if l1 == 0 else min(1e-3, l1 * 10)
             reasons["trainer.l1"] = "an L1 penalty drives unneeded weights to zero"
-        _augment_patch(run, patch, reasons)
+        pretrained = _pretrained(run)
+        if pretrained:
+            # Fine-tuning: a smaller step keeps the weights near the pretrained ones, which
+            # generalise; small-data fine-tuning guides use 2e-5..5e-5 (Mosbach et al., 2021).
+            lr = float(_trainer(run, "lr", 5e-5))
+            if lr > 1e-5:
+                patch["trainer.lr"] = float(f"{max(lr / 4, 1e-5):.3g}")
+                reasons["trainer.lr"] = (
+                    "a smaller learning rate keeps the fine-tuned weights nearer the pretrained "
+                    "ones, which generalise better than what a small training split teaches"
+                )
+        if _trainer(run, "schedule", "linear") == "constant":
+            patch["trainer.schedule"] = "linear"
+            reasons["trainer.schedule"] = (
+                "a decaying learning rate: late epochs take small steps instead of memorising "
+                "the training rows at full speed"
+            )
+        # Task-agnostic text augmentation (word noise, EDA) does not help pretrained
+        # transformers and often hurts (Longpre et al., 2020); it did here on TREC too.
+        if not (pretrained and run.modalities == {"text"}):
+            _augment_patch(run, patch, reasons)
         patience = _trainer(run, "early_stopping_patience", None)
         # Patience in proportion to the budget: a regularised model learns more slowly and
         # its validation metric is noisier; the best epoch's checkpoint is kept either way.

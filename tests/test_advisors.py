@@ -68,6 +68,17 @@ def test_overfitting_is_found_with_evidence_and_a_regularising_patch() -> None:
     }
     (d,) = Overfitting().diagnose(record(rec.epochs, config=tuned))
     assert "trainer.l1" not in d.patch and d.patch["trainer.early_stopping_patience"] == 10
+    # Fine-tuning a pretrained text model: a quarter of the learning rate, decaying if it was
+    # constant, and no word-noise augmentation (it hurts pretrained transformers).
+    assert d.patch["trainer.lr"] == 2.5e-4 and "augmenters" not in d.patch
+    assert "trainer.schedule" not in d.patch  # linear by default already
+    tuned["trainer"].update(lr=2e-4, schedule="constant")
+    (d,) = Overfitting().diagnose(record(rec.epochs, config=tuned))
+    assert d.patch["trainer.lr"] == 5e-5 and d.patch["trainer.schedule"] == "linear"
+    assert set(d.reasons) == set(d.patch)
+    tuned["trainer"]["lr"] = 1e-5  # already small: left alone
+    (d,) = Overfitting().diagnose(record(rec.epochs, config=tuned))
+    assert "trainer.lr" not in d.patch
     # A healthy curve (both losses fall) fires nothing.
     assert (
         Overfitting().diagnose(
