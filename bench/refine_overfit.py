@@ -16,6 +16,7 @@ over the seeds.
 
     python bench/refine_overfit.py [--case trec] [--rows 1000] [--epochs 15] [--seeds 0 1 2]
     python bench/refine_overfit.py --case housing            # 1,000 rows, 80 epochs
+    python bench/refine_overfit.py --rows 500 --remedies     # each remedy alone, no refine
 """
 
 from __future__ import annotations
@@ -109,8 +110,33 @@ def housing(args: argparse.Namespace, out: Path, seed: int) -> tuple[dict, Calla
 CASES = {"trec": (trec, 1000, 15), "housing": (housing, 1000, 80)}
 
 
-def one_seed(args: argparse.Namespace, out: Path, seed: int) -> list[dict]:
-    """Round 1, then `refine --apply`; both rounds' validation, test and held-out scores."""
+# ``--remedies``: each remedy alone on round 1's config (dotted keys, as in a refine patch).
+REMEDIES: dict[str, Callable[[dict], dict]] = {
+    "dropout+weight-decay": lambda cfg: {"model.dropout": 0.2, "trainer.weight_decay": 0.05},
+    "linear-schedule": lambda cfg: {"trainer.schedule": "linear"},
+    "lr-quarter+linear-schedule": lambda cfg: {
+        "trainer.lr": cfg["trainer"]["lr"] / 4,
+        "trainer.schedule": "linear",
+    },
+    "overfitting-patch": lambda cfg: {  # what the advisor proposes for pretrained text
+        "model.dropout": 0.2,
+        "trainer.weight_decay": 0.05,
+        "trainer.lr": cfg["trainer"]["lr"] / 4,
+        "trainer.schedule": "linear",
+        "trainer.early_stopping_patience": max(3, cfg["trainer"]["epochs"] // 3),
+    },
+    "augmentation": lambda cfg: {
+        "augmenters": [
+            {"name": "token-noise", "p": 0.3}
+            if cfg["task"].startswith("text")
+            else {"name": "gaussian-noise"}
+        ]
+    },
+}
+
+
+def round_one(args: argparse.Namespace, out: Path, seed: int) -> tuple[dict, Callable, str]:
+    """The overfitting round 1 config of ``args.case`` (and its held-out scorer)."""
     out.mkdir(parents=True, exist_ok=True)
     cfg, held_out, column = CASES[args.case][0](args, out, seed)
     cfg["split"] = {"seed": seed}
@@ -121,10 +147,35 @@ def one_seed(args: argparse.Namespace, out: Path, seed: int) -> list[dict]:
         early_stopping_patience=None,
         seed=seed,
     )
-    cfg["output"] = {"dir": str(out / "runs" / args.case), "overwrite": True}
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    subprocess.run([str(TUNEFORGE), "run", str(out / "config.yaml"), "-q"], check=True)
-    r1 = out / "runs" / args.case
+    return cfg, held_out, column
+
+
+def train(cfg: dict, out: Path, name: str) -> Path:
+    """``tuneforge run`` ``cfg`` into ``out/runs/name``."""
+    cfg = {**cfg, "output": {"dir": str(out / "runs" / name), "overwrite": True}}
+    (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    subprocess.run([str(TUNEFORGE), "run", str(out / f"{name}.yaml"), "-q"], check=True)
+    return out / "runs" / name
+
+
+def score(seed: int, name: str, run: Path, monitor: str, held_out: Callable, column: str) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {
+        "seed": seed,
+        "round": name,
+        "best_epoch": metrics["best_epoch"],
+        "epochs_run": metrics["epochs_run"],
+        f"val.{monitor}": round(metrics["val"][monitor], 4),
+        "val.loss": round(metrics["val"]["loss"], 4),
+        f"test.{monitor}": round(metrics["test"][monitor], 4),
+        column: held_out(run),
+    }
+
+
+def one_seed(args: argparse.Namespace, out: Path, seed: int) -> list[dict]:
+    """Round 1, then `refine --apply`; both rounds' validation, test and held-out scores."""
+    cfg, held_out, column = round_one(args, out, seed)
+    r1 = train(cfg, out, args.case)
     for old in (out / "runs").glob(f"{args.case}-r*"):
         subprocess.run(["rm", "-rf", str(old)], check=True)
     refine = subprocess.run(
@@ -135,21 +186,27 @@ def one_seed(args: argparse.Namespace, out: Path, seed: int) -> list[dict]:
     )
     print(refine.stdout, flush=True)
     monitor = cfg["trainer"]["monitor"]
-    rows = []
-    for name, run in (("round 1", r1), ("round 2", out / "runs" / f"{args.case}-r2")):
-        metrics = json.loads((run / "metrics.json").read_text())
-        rows.append(
-            {
-                "seed": seed,
-                "round": name,
-                "best_epoch": metrics["best_epoch"],
-                "epochs_run": metrics["epochs_run"],
-                f"val.{monitor}": round(metrics["val"][monitor], 4),
-                "val.loss": round(metrics["val"]["loss"], 4),
-                f"test.{monitor}": round(metrics["test"][monitor], 4),
-                column: held_out(run),
-            }
-        )
+    r2 = out / "runs" / f"{args.case}-r2"
+    return [
+        score(seed, name, run, monitor, held_out, column)
+        for name, run in (("round 1", r1), ("round 2", r2))
+    ]
+
+
+def remedies(args: argparse.Namespace, out: Path, seed: int) -> list[dict]:
+    """Round 1, then each of ``REMEDIES`` alone on its config (no refine)."""
+    cfg, held_out, column = round_one(args, out, seed)
+    monitor = cfg["trainer"]["monitor"]
+    rows = [score(seed, "round 1", train(cfg, out, "round1"), monitor, held_out, column)]
+    for name, remedy in REMEDIES.items():
+        patched = json.loads(json.dumps(cfg))
+        for key, value in remedy(cfg).items():
+            *parents, last = key.split(".")
+            node = patched
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        rows.append(score(seed, name, train(patched, out, name), monitor, held_out, column))
     return rows
 
 
@@ -161,6 +218,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="constant lr (trec 2e-4, housing 2e-3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("/tmp/tuneforge-refine-bench"))
+    parser.add_argument(
+        "--remedies", action="store_true", help="each remedy alone instead of refine's patch"
+    )
     args = parser.parse_args()
     _, rows, epochs = CASES[args.case]
     args.rows = args.rows or rows
@@ -170,7 +230,8 @@ def main() -> None:
     t0 = time.time()
     table = []
     for seed in args.seeds:
-        table += one_seed(args, args.out.resolve() / args.case / f"seed{seed}", seed)
+        each = remedies if args.remedies else one_seed
+        table += each(args, args.out.resolve() / args.case / f"seed{seed}", seed)
     frame = pd.DataFrame(table)
     pd.set_option("display.width", 200)
     print(frame.to_string(index=False))

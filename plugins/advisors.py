@@ -136,11 +136,11 @@ class Overfitting(Advisor):
         reasons["trainer.weight_decay"] = "a stronger L2 penalty keeps the weights small"
         # L1 pulls every weight towards zero: right for a network trained from scratch, harmful
         # for pretrained weights (with Adam it erases those the task's gradient does not hold).
-        if "l1" in run.fields.get("trainer", set()) and not _pretrained(run):
+        pretrained = _pretrained(run)
+        if "l1" in run.fields.get("trainer", set()) and not pretrained:
             l1 = float(_trainer(run, "l1", 0.0) or 0.0)
             patch["trainer.l1"] = 1e-5 if l1 == 0 else min(1e-3, l1 * 10)
             reasons["trainer.l1"] = "an L1 penalty drives unneeded weights to zero"
-        pretrained = _pretrained(run)
         if pretrained:
             # Fine-tuning: a smaller step keeps the weights near the pretrained ones, which
             # generalise; small-data fine-tuning guides use 2e-5..5e-5 (Mosbach et al., 2021).
