@@ -22,3 +22,22 @@ class DataError(UserError):
 
 class PluginError(UserError):
     """A plugin could not be loaded or registered something invalid."""
+
+
+def short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages.
+
+    Built with :mod:`reprlib`, which formats only the first items of a container and the first
+    characters of a string, to a bounded depth: a YAML alias bomb or a 50 MB cell never has its
+    whole repr built.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 4, 6, 6, 6
+    r.maxstring = r.maxother = r.maxlong = max(limit, 8)
+    try:
+        text = r.repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
