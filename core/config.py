@@ -5,16 +5,59 @@ from __future__ import annotations
 import builtins
 import copy
 import difflib
+import errno
+import math
+import os
 import re
+import select
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import yaml.composer
+import yaml.constructor
+import yaml.nodes
+import yaml.resolver
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, short
+
+# -- limits ---------------------------------------------------------------------------------
+# Far above any real config (a run config is a few KB, a few levels deep, with a handful of
+# aliases), far below what exhausts memory or the stack. Each refusal names the limit.
+
+#: The largest config file read, in bytes.
+MAX_CONFIG_BYTES = 10 * 1024 * 1024
+#: The deepest nesting of mappings and lists, counted with aliases expanded.
+MAX_DEPTH = 100
+#: The most values (scalars, lists, mappings) in a config, counted with aliases expanded.
+MAX_VALUES = 1_000_000
+#: The most alias uses (``*name``) in one YAML document.
+MAX_ALIASES = 10_000
+#: Integers in a config must be smaller than this in absolute value (64-bit).
+MAX_INT = 2**63
+#: Upper bounds of the trainer's counts: no real run comes near them.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 2**24  # 16,777,216 examples: full-batch training on a large table still fits
+MAX_ACCUMULATION_STEPS = 65_536
+MAX_STEPS = 10**9
+MAX_WORKERS = 1024
+MAX_SEED = 2**32 - 1  # numpy's RandomState and scikit-learn's random_state accept no more
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut to ``limit`` characters (for key paths and messages)."""
+    text = " ".join(str(text).split()) if ("\n" in text or "\r" in text) else str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def format_loc(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
@@ -50,32 +93,38 @@ def raise_validation_error(exc: ValidationError, prefix: str = "", model: Any = 
     loc = list(err.get("loc", ()))
     # Component refs are validated through a union of str/dict: drop the branch tags.
     loc = [p for p in loc if p not in ("str", "dict[str,any]", "ComponentRef", "list[...]")]
-    path = format_loc(loc, prefix)
-    msg = err.get("msg", "invalid value")
-    if err.get("type") == "extra_forbidden":
+    path = clip(format_loc(loc, prefix))
+    msg = clip(err.get("msg", "invalid value"), 300)
+    kind = err.get("type")
+    if kind == "extra_forbidden":
         msg = "unknown key"
-        parent, _, key = path.rpartition(".")
+        key = clip(str(loc[-1]) if loc else "", 100)
         allowed = _fields_at(model, loc[:-1]) if model is not None else None
         if allowed:
-            close = difflib.get_close_matches(key.split("[")[0], allowed, n=1)
+            close = difflib.get_close_matches(key, allowed, n=1)
             msg += (
                 f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(allowed)}"
             )
-    elif "input" in err and err.get("type") not in ("missing",):
-        msg += f" (got {err['input']!r})"
+    elif "input" in err and kind not in ("missing",):
+        value = err["input"]
+        if kind == "int_type" and isinstance(value, float):
+            msg = "Input should be a whole number (an integer), not a float"
+        msg += f" (got {short(value)})"
     raise ConfigError(path or "config", msg) from None
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Base of the core sections: unknown keys are errors, numbers must be finite."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ComponentRef(BaseModel):
     """A component chosen by name, with its parameters: ``{name: x, param: value}`` or ``x``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    name: str = Field(min_length=1, description="the registered component name")
+    name: str = Field(min_length=1, max_length=200, description="the registered component name")
 
     @model_validator(mode="before")
     @classmethod
@@ -116,7 +165,7 @@ class SplitConfig(Strict):
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
     stratify: bool = True
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, strict=True)
     group_duplicates: bool = Field(
         True, description="keep exact duplicates (same content key) inside one split"
     )
@@ -130,9 +179,9 @@ class SplitConfig(Strict):
 
 
 class TrainerConfig(Strict):
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(16, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
+    epochs: int = Field(3, ge=1, le=MAX_EPOCHS, strict=True)
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE, strict=True)
+    eval_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True)
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     l1: float = Field(
@@ -144,7 +193,7 @@ class TrainerConfig(Strict):
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_ACCUMULATION_STEPS, strict=True)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA when supported, fp32 on CPU"
     )
@@ -154,7 +203,7 @@ class TrainerConfig(Strict):
     )
     monitor_mode: Literal["auto", "min", "max"] = "auto"
     early_stopping_patience: int | None = Field(
-        3, ge=1, description="epochs without improvement; null disables"
+        3, ge=1, le=MAX_EPOCHS, strict=True, description="epochs without improvement; null disables"
     )
     early_stopping_min_delta: float = Field(0.0, ge=0)
     num_workers: int | Literal["auto"] = Field(
@@ -162,7 +211,11 @@ class TrainerConfig(Strict):
         description="data loader worker processes; auto: min(4, CPUs per process) on CUDA, 0 on CPU",
     )
     prefetch_factor: int | None = Field(
-        None, ge=1, description="batches each worker loads ahead (torch default 2); needs workers"
+        None,
+        ge=1,
+        le=1024,
+        strict=True,
+        description="batches each worker loads ahead (torch default 2); needs workers",
     )
     group_by_length: bool = Field(
         False, description="text: batch examples of similar length (less padding), still shuffled"
@@ -170,8 +223,8 @@ class TrainerConfig(Strict):
     compile: bool = Field(
         False, description="torch.compile the model (inductor); pays off on GPU for long runs"
     )
-    log_every_n_steps: int = Field(10, ge=1)
-    seed: int = 42
+    log_every_n_steps: int = Field(10, ge=1, le=MAX_STEPS, strict=True)
+    seed: int = Field(42, ge=0, le=MAX_SEED, strict=True)
     deterministic: bool = Field(
         False,
         description="reproducible runs: deterministic torch algorithms and cuDNN, fixed cuBLAS "
@@ -180,17 +233,25 @@ class TrainerConfig(Strict):
     checkpoint_every_n_steps: int | None = Field(
         None,
         ge=0,
+        le=MAX_STEPS,
+        strict=True,
         description="also save the training state every N optimizer steps (for --resume); "
         "null/0: at the end of each epoch only",
     )
-    keep_checkpoints: int = Field(2, ge=1, description="training-state checkpoints kept")
+    keep_checkpoints: int = Field(
+        2, ge=1, le=1000, strict=True, description="training-state checkpoints kept"
+    )
     nonfinite: Literal["stop", "skip"] = Field(
         "stop",
         description="a step with a NaN/inf loss or gradients is never applied; stop: end the "
         "run with a diagnosis, skip: skip the step and go on",
     )
     nonfinite_max_consecutive: int = Field(
-        10, ge=1, description="skip: stop after more than this many non-finite steps in a row"
+        10,
+        ge=1,
+        le=MAX_STEPS,
+        strict=True,
+        description="skip: stop after more than this many non-finite steps in a row",
     )
     auto_batch_size: bool | None = Field(
         None,
@@ -198,11 +259,11 @@ class TrainerConfig(Strict):
         "effective batch; null: on CUDA only",
     )
 
-    @field_validator("num_workers")
+    @field_validator("num_workers", mode="before")
     @classmethod
-    def _workers(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("must be 0 or more, or auto")
+    def _workers(cls, value: Any) -> Any:
+        if value != "auto" and not (type(value) is int and 0 <= value <= MAX_WORKERS):
+            raise ValueError(f"must be a whole number from 0 to {MAX_WORKERS}, or auto")
         return value
 
 
@@ -273,7 +334,9 @@ class ModelRef(ComponentRef):
     validation metric wins (a grid study over ``model``); only the winner is tested.
     """
 
-    name: str | None = Field(None, min_length=1, description="the registered model name")
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="the registered model name"
+    )
     candidates: list[ComponentRef] | None = Field(
         None, description="model selection: train each, keep the best on validation"
     )
@@ -301,7 +364,9 @@ class ModelRef(ComponentRef):
 class RunConfig(Strict):
     """A whole run. Component sections left out take the task's defaults."""
 
-    task: str = Field(description="task name, e.g. text-classification")
+    task: str = Field(
+        min_length=1, max_length=200, description="task name, e.g. text-classification"
+    )
     data: DataConfig
     validators: list[ComponentRef] | None = None
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -329,6 +394,224 @@ class RunConfig(Strict):
         return [value] if isinstance(value, (str, dict)) else value
 
 
+# -- bounded YAML -----------------------------------------------------------------------------
+
+
+class YAMLLimitError(Exception):
+    """A YAML document breaks one of the limits above, or cannot be read; ``line`` is 1-based."""
+
+    def __init__(self, problem: str, line: int | None = None, column: int | None = None) -> None:
+        self.problem = problem
+        self.line = line
+        where = f"line {line}, column {column}" if column else f"line {line}"
+        super().__init__(f"{where}: {problem}" if line else problem)
+
+
+def _line(mark: Any) -> int | None:
+    return mark.line + 1 if mark is not None else None
+
+
+class _BoundedComposer(yaml.composer.Composer):
+    """PyYAML's composer, with every limit checked while the node graph is built.
+
+    Aliases share nodes, so a few lines can stand for billions of values once expanded (a
+    "billion laughs" alias bomb): each node's expanded size and height are computed as it is
+    composed, and composing stops at the first node past :data:`MAX_VALUES` or
+    :data:`MAX_DEPTH`, long before anything expands them. Nesting is checked on the way down,
+    so the composer's own recursion stays bounded. Mapping keys given twice are refused.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._depth = 0
+        self._aliases = 0
+        self._open: set[str] = set()  # anchors of the nodes being composed
+        self._measure: dict[yaml.nodes.Node, tuple[int, int]] = {}  # node -> (size, height)
+        self._keys = yaml.constructor.SafeConstructor()
+
+    def compose_node(self, parent: Any, index: Any) -> yaml.nodes.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.events.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise YAMLLimitError(
+                    f"more than {MAX_ALIASES:,} alias uses (*name): not a config",
+                    _line(event.start_mark),
+                )
+            if event.anchor in self._open:
+                raise YAMLLimitError(
+                    f"alias *{clip(event.anchor, 40)} refers to a value that contains it "
+                    "(a recursive structure)",
+                    _line(event.start_mark),
+                )
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise YAMLLimitError(
+                f"nested more than {MAX_DEPTH} levels deep", _line(event.start_mark)
+            )
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open.add(anchor)
+        node = super().compose_node(parent, index)
+        if anchor is not None:
+            self._open.discard(anchor)
+        self._depth -= 1
+        if isinstance(node, yaml.nodes.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.nodes.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        size, height = 1, 1
+        for child in children:
+            child_size, child_height = self._measure[child]
+            size += child_size
+            height = max(height, child_height + 1)
+        self._measure[node] = (size, height)
+        if size > MAX_VALUES:
+            raise YAMLLimitError(
+                f"more than {MAX_VALUES:,} values once aliases are expanded: not a config",
+                _line(node.start_mark),
+            )
+        if height > MAX_DEPTH:
+            raise YAMLLimitError(
+                f"nested more than {MAX_DEPTH} levels deep once aliases are expanded",
+                _line(node.start_mark),
+            )
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.nodes.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[Any, int | None] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.nodes.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            try:
+                value = self._keys.construct_object(key, deep=True)
+                hash(value)
+            except Exception:  # the constructor reports a bad key with its own message
+                continue
+            where = _line(key.start_mark)
+            if value in seen:
+                first = seen[value]
+                raise YAMLLimitError(
+                    f"key {short(value, 60)} is given twice (first on line {first}); keep one",
+                    where,
+                )
+            seen[value] = where
+        return node
+
+
+class _BoundedConstructor(yaml.constructor.SafeConstructor):
+    """``yaml.safe_load``'s constructor; a value it cannot build names its line."""
+
+    def construct_object(self, node: yaml.nodes.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:  # e.g. an int of 5,000 digits, 2024-13-45
+            scalar = isinstance(node, yaml.nodes.ScalarNode)
+            if scalar and node.tag == "tag:yaml.org,2002:int":
+                reason = f"an integer of {len(node.value):,} characters is too large"
+            else:
+                reason = clip(str(exc), 120)
+            value = short(node.value, 60) if scalar else "a value"
+            raise YAMLLimitError(f"cannot read {value}: {reason}", _line(node.start_mark)) from None
+
+
+if yaml.__with_libyaml__:  # libyaml scans and parses; the composing above stays in Python
+    from yaml.cyaml import CParser as _Parser
+
+    class _BoundedLoader(_BoundedComposer, _Parser, _BoundedConstructor, yaml.resolver.Resolver):
+        def __init__(self, stream: str) -> None:
+            _Parser.__init__(self, stream)
+            _BoundedComposer.__init__(self)
+            _BoundedConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+else:  # pragma: no cover - PyYAML without libyaml
+
+    class _BoundedLoader(  # type: ignore[no-redef]
+        yaml.reader.Reader,
+        yaml.scanner.Scanner,
+        yaml.parser.Parser,
+        _BoundedComposer,
+        _BoundedConstructor,
+        yaml.resolver.Resolver,
+    ):
+        def __init__(self, stream: str) -> None:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+            _BoundedComposer.__init__(self)
+            _BoundedConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+
+_NON_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` within the limits above.
+
+    Raises :class:`YAMLLimitError` (a limit, a key given twice, a character YAML refuses, a
+    value that cannot be built) or ``yaml.YAMLError`` (a syntax error), never anything that
+    grows with the input: its message is one bounded line.
+    """
+    bad = _NON_PRINTABLE.search(text)
+    if bad is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        raise YAMLLimitError(
+            f"character U+{ord(bad.group()):04X} is not allowed in YAML", line, column
+        )
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:  # a safety net: the limits above keep the recursion shallow
+        raise YAMLLimitError(f"nested more than {MAX_DEPTH} levels deep") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, int | None]:
+    """A YAML syntax error as (one bounded line, 1-based line or None)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = clip(str(problem), 160)
+    if context:
+        text += f" ({clip(str(context), 80)})"
+    return text, _line(mark)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of ``path``, at most :data:`MAX_CONFIG_BYTES` + 1 of them.
+
+    Opened without blocking, so a FIFO nobody writes to reads as empty instead of hanging;
+    a pipe with a writer (``<(generate-config)``) is read until its writer closes it.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            try:
+                chunk = os.read(fd, min(1 << 20, MAX_CONFIG_BYTES + 1 - size))
+            except BlockingIOError:  # a pipe whose writer has not written yet
+                select.select([fd], [], [])
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 # -- loading --------------------------------------------------------------------------------
 
 _KEY_RE = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -350,7 +633,11 @@ def parse_key(key: str) -> list[str | int]:
             parts.append(name)
         pos = m.end()
     if not parts or pos != len(key):
-        raise ConfigError(key, "not a valid key path (use dots and [index], e.g. trainer.lr)")
+        raise ConfigError(
+            clip(key, 100), "not a valid key path (use dots and [index], e.g. trainer.lr)"
+        )
+    if len(parts) > MAX_DEPTH:
+        raise ConfigError(clip(key, 100), f"a key path of more than {MAX_DEPTH} parts")
     return parts
 
 
@@ -370,7 +657,7 @@ def _check_core_key(parts: list[str | int], key: str) -> None:
             hint = (
                 f" (did you mean {'.'.join(map(str, parts[:i] + [close[0]]))!r}?)" if close else ""
             )
-            raise ConfigError(f"--set {key}", f"no such key{hint}")
+            raise ConfigError(f"--set {clip(key, 100)}", f"no such key{clip(hint, 150)}")
         ann = fields[part].annotation
         model = _model_in(ann)
 
@@ -388,8 +675,10 @@ def _model_in(ann: Any) -> Any:
 
 
 def set_by_path(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (``augmenters[1].p``) in ``tree`` to ``value``, as ``--set`` does."""
     parts = parse_key(key)
     _check_core_key(parts, key)
+    key = clip(key, 100)
     node: Any = tree
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
@@ -401,7 +690,7 @@ def set_by_path(tree: dict[str, Any], key: str, value: Any) -> None:
             node = node[part]
             continue
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}", f"{part!r} is not a mapping")
+            raise ConfigError(f"--set {key}", f"{short(part, 60)} is not a mapping")
         child = node.get(part)
         if child is None:
             child = [] if isinstance(nxt, int) else {}
@@ -422,41 +711,116 @@ def set_by_path(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """``["trainer.lr=1e-4", ...]`` -> ``[("trainer.lr", 0.0001), ...]``: values read as YAML.
+
+    A value that is not valid YAML is kept as the string given; one past the loader's limits
+    (an alias bomb, deep nesting, a key given twice) is refused.
+    """
     out = []
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"--set {pair}", "expected key=value")
+            raise ConfigError(f"--set {clip(pair, 100)}", "expected key=value")
         key, _, raw = pair.partition("=")
+        key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
+        except YAMLLimitError as exc:
+            raise ConfigError(f"--set {clip(key, 100)}", f"the value: {exc.problem}") from None
         except yaml.YAMLError:
             value = raw
-        out.append((key.strip(), value))
+        out.append((key, value))
     return out
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError("", f"config file not found: {path}")
+    """Read a run config: at most 10 MB of UTF-8, one YAML mapping, each key given once.
+
+    Every problem is a one-line :class:`ConfigError` naming the file (and the line where
+    there is one): a missing or unreadable file, a byte that is not UTF-8, invalid YAML, a key
+    given twice, more aliases, values or nesting than the limits above.
+    """
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
+        data = _read_bounded(path)
+    except FileNotFoundError:
+        raise ConfigError("", f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError("", f"{path}: is a folder, not a config file") from None
+    except OSError as exc:
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise ConfigError("", f"{path}: cannot read the config: {reason}") from None
+    if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(
-            "", f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}"
+            "",
+            f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MB: not a run config (a config is "
+            "a few KB; data belongs in data.path)",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ConfigError(
+            "",
+            f"{path}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not valid "
+            f"UTF-8{' (the file looks like UTF-16)' if utf16 else ''}; save the config as UTF-8",
         ) from None
+    try:
+        raw = load_yaml(text)
+    except YAMLLimitError as exc:
+        raise ConfigError("", f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        problem, line = _yaml_problem(exc)
+        where = f" line {line}:" if line else ""
+        raise ConfigError("", f"{path}:{where} invalid YAML: {problem}") from None
     if raw is None:
-        raise ConfigError("", f"{path}: the config is empty")
+        hint = " (a FIFO or pipe that nothing wrote to?)" if not path.is_file() else ""
+        raise ConfigError("", f"{path}: the config is empty{hint}")
     if not isinstance(raw, dict):
         raise ConfigError("", f"{path}: the config must be a mapping of sections")
     return raw
 
 
+def check_tree(tree: Any) -> None:
+    """Refuse what no config section can hold, naming the key path.
+
+    Walks ``tree`` (the raw config after ``--set``) without recursion: nesting deeper than
+    :data:`MAX_DEPTH`, more than :data:`MAX_VALUES` values, a number that is not finite (inf,
+    nan) or an integer of 64 bits or more.
+    """
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), tree)]
+    seen = 0
+    while stack:
+        loc, node = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError("config", f"more than {MAX_VALUES:,} values: not a run config")
+        if len(loc) > MAX_DEPTH:
+            raise ConfigError(
+                clip(format_loc(loc[:3])) + "...", f"nested more than {MAX_DEPTH} levels deep"
+            )
+        if isinstance(node, dict):
+            stack.extend(((*loc, k), v) for k, v in reversed(list(node.items())))
+        elif isinstance(node, (list, tuple)):
+            stack.extend(((*loc, i), v) for i, v in reversed(list(enumerate(node))))
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(
+                clip(format_loc(loc)) or "config", f"numbers must be finite (got {node})"
+            )
+        elif isinstance(node, int) and not isinstance(node, bool) and abs(node) >= MAX_INT:
+            raise ConfigError(
+                clip(format_loc(loc)) or "config",
+                f"integer too large (got {short(node, 30)}; at most 2**63 - 1)",
+            )
+
+
 def build_config(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> RunConfig:
+    """Apply ``--set`` overrides to a copy of ``raw`` and validate it."""
+    check_tree(raw)
     tree = copy.deepcopy(raw)
     for key, value in overrides:
         set_by_path(tree, key, value)
+    check_tree(tree)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
@@ -495,15 +859,33 @@ def instantiate(registries: Any, kind: str, ref: ComponentRef, path: str) -> Any
         entry = registries[kind].get(ref.name)
         cfg_model = entry.config_model()
     except RegistryError as exc:
-        raise ConfigError(f"{path}.name", str(exc)) from None
+        raise ConfigError(f"{path}.name", clip(str(exc), 600)) from None
+    check_tree(ref.params)
     try:
         params = cfg_model.model_validate(ref.params)
     except ValidationError as exc:
         raise_validation_error(exc, prefix=path, model=cfg_model)
+    _no_float_counts(ref.params, params, path)
     target = entry.load()
     try:
         return target(params)
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
-        raise ConfigError(path, f"{ref.name}: {exc}") from exc
+        raise ConfigError(path, f"{ref.name}: {clip(str(exc), 300)}") from exc
+
+
+def _no_float_counts(given: dict[str, Any], params: BaseModel, path: str) -> None:
+    """Refuse a float where a component's parameter is an integer (``trials: 1.0e+26``).
+
+    Pydantic accepts a float without a fractional part for an ``int`` field; a config that
+    writes one means something else (or is hostile), whatever the component declared.
+    """
+    validated = dict(params)
+    for key, raw in given.items():
+        value = validated.get(key)
+        if isinstance(raw, float) and isinstance(value, int) and not isinstance(value, bool):
+            raise ConfigError(
+                clip(f"{path}.{key}"),
+                f"Input should be a whole number (an integer), not a float (got {short(raw)})",
+            )

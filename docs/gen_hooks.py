@@ -1,14 +1,23 @@
-"""Generate the hook reference of docs/plugins.md from the hookspec docstrings.
+"""Generate the hook reference of docs/plugins.md and the component tables of docs/config.md.
 
 Usage (from the repository root, with tuneforge installed)::
 
-    python docs/gen_hooks.py            # print the Markdown
-    python docs/gen_hooks.py --check    # exit 1 if docs/plugins.md is out of date
-    python docs/gen_hooks.py --write    # replace the text between the markers in docs/plugins.md
+    python docs/gen_hooks.py               # print the hook reference's Markdown
+    python docs/gen_hooks.py --components  # print the component tables' Markdown
+    python docs/gen_hooks.py --check       # exit 1 if either document is out of date
+    python docs/gen_hooks.py --write       # replace the text between the markers in both
 
-The reference lies in docs/plugins.md between ``<!-- hooks:start -->`` and ``<!-- hooks:end -->``.
-Every function of ``tuneforge.hookspecs`` marked ``@tuneforge.hookspec`` is listed, in source
-order, with its signature and its docstring (reST roles turned into Markdown code spans).
+The hook reference lies in docs/plugins.md between ``<!-- hooks:start -->`` and
+``<!-- hooks:end -->``. Every function of ``tuneforge.hookspecs`` marked ``@tuneforge.hookspec``
+is listed, in source order, with its signature and its docstring (reST roles turned into
+Markdown code spans).
+
+The component tables lie in docs/config.md between ``<!-- components:start -->`` and
+``<!-- components:end -->``: one table per kind of every component the built-in plugins (those
+of the ``tuneforge`` distribution) register, with its plugin, the first line of its docstring
+(or registered description) and its parameters with their defaults, read from the registries
+the way ``tuneforge components`` reads them. Third-party plugins installed beside it are left
+out, so the page is the same on every machine.
 """
 
 from __future__ import annotations
@@ -27,6 +36,23 @@ import tuneforge.hookspecs as hookspecs
 START = "<!-- hooks:start -->"
 END = "<!-- hooks:end -->"
 DOC = Path(__file__).resolve().parent / "plugins.md"
+COMPONENTS_START = "<!-- components:start -->"
+COMPONENTS_END = "<!-- components:end -->"
+COMPONENTS_DOC = Path(__file__).resolve().parent / "config.md"
+
+#: kind -> where a config (or a command) selects components of that kind
+KIND_TITLES = {
+    "tasks": "Tasks (`task`)",
+    "validators": "Validators (`validators`)",
+    "balancers": "Balancers (`balancer`)",
+    "augmenters": "Augmenters (`augmenters`)",
+    "tokenizers": "Preprocessors and tokenizers (`preprocessors`, `tokenizer`)",
+    "models": "Models (`model`)",
+    "tuners": "Tuners (`tuner`)",
+    "metrics": "Metrics (`metrics`)",
+    "callbacks": "Callbacks (`callbacks`)",
+    "advisors": "Advisors (`tuneforge refine`)",
+}
 
 _ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|exc|obj):`~?([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
@@ -144,53 +170,186 @@ def generate() -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def current(doc: Path = DOC) -> str | None:
+# -- component tables ---------------------------------------------------------------------
+
+
+def builtin_registries() -> Any:
+    """The registries of the built-in plugins (the ``tuneforge`` distribution's) alone.
+
+    Plugins disabled through ``TUNEFORGE_DISABLE_PLUGINS`` are loaded anyway, and a built-in
+    plugin that fails to load is an error: the tables list what tuneforge ships.
+    """
+    import os
+
+    from tuneforge.manager import DISABLE_ENV, PluginManager
+    from tuneforge.registry import Registries
+
+    saved = os.environ.pop(DISABLE_ENV, None)
+    try:
+        pm = PluginManager(strict=True)
+    finally:
+        if saved is not None:
+            os.environ[DISABLE_ENV] = saved
+    builtin = {n for n, info in pm.infos.items() if info.distribution == tuneforge.PROJECT_NAME}
+    regs = Registries()
+    for reg in pm.registries:
+        for entry in reg:
+            if entry.plugin in builtin:
+                regs[reg.kind].add(entry.name, entry.target, entry.plugin, entry.description)
+    return regs
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: one line, pipes and HTML brackets escaped."""
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;")
+
+
+def _default(field: Any) -> str | None:
+    """A field's default as YAML would write it, or None for a required field."""
+    from pydantic_core import PydanticUndefined
+
+    if field.default_factory is not None:
+        value = field.default_factory()
+    elif field.default is PydanticUndefined:
+        return None
+    else:
+        value = field.default
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    if isinstance(value, tuple):
+        value = list(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        import json
+
+        return json.dumps(value).replace('"', "")
+    return str(value)
+
+
+def parameters(entry: Any) -> str:
+    """``p`` (0.1), ``delete`` (0.1), ...: a component's parameters and their defaults."""
+    fields = entry.config_model().model_fields
+    out = []
+    for name, field in fields.items():
+        default = _default(field)
+        out.append(f"`{name}`" + (" (required)" if default is None else f" ({default})"))
+    return ", ".join(out) if out else "none"
+
+
+def render_kind(registry: Any) -> str:
+    rows = [
+        f"#### {KIND_TITLES[registry.kind]}",
+        "",
+        "| name | plugin | description | parameters (defaults) |",
+        "|---|---|---|---|",
+    ]
+    for entry in registry:
+        params = parameters(entry)
+        summary = inline(entry.summary()) or "(undocumented)"
+        rows.append(f"| `{entry.name}` | `{entry.plugin}` | {_cell(summary)} | {_cell(params)} |")
+    return "\n".join(rows)
+
+
+def generate_components(registries: Any = None) -> str:
+    """The Markdown that belongs between the component markers (without the markers)."""
+    regs = builtin_registries() if registries is None else registries
+    parts = [
+        "<!-- Generated by docs/gen_hooks.py from the registries of the built-in plugins; "
+        "do not edit by hand. -->",
+    ]
+    parts.extend(render_kind(regs[kind]) for kind in KIND_TITLES if len(regs[kind]))
+    return "\n\n".join(parts) + "\n"
+
+
+# -- markers --------------------------------------------------------------------------------
+
+
+def current(doc: Path = DOC, start_marker: str = START, end_marker: str = END) -> str | None:
     """The text between the markers in ``doc``, or None when the file or a marker is missing."""
     if not doc.is_file():
         return None
     text = doc.read_text(encoding="utf-8")
-    start, end = text.find(START), text.find(END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
         return None
-    return text[start + len(START) : end]
+    return text[start + len(start_marker) : end]
 
 
-def write(doc: Path = DOC) -> None:
+def write(
+    doc: Path = DOC,
+    start_marker: str = START,
+    end_marker: str = END,
+    content: Callable[[], str] = generate,
+) -> None:
     text = doc.read_text(encoding="utf-8")
-    start, end = text.find(START), text.find(END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        raise SystemExit(f"{doc}: markers {START} ... {END} not found")
-    doc.write_text(text[: start + len(START)] + "\n" + generate() + text[end:], encoding="utf-8")
+        raise SystemExit(f"{doc}: markers {start_marker} ... {end_marker} not found")
+    new = text[: start + len(start_marker)] + "\n" + content() + text[end:]
+    doc.write_text(new, encoding="utf-8")
+
+
+def check(
+    doc: Path, start_marker: str, end_marker: str, content: Callable[[], str], what: str
+) -> bool:
+    """True when the text between the markers in ``doc`` is ``content()``; says which."""
+    found = current(doc, start_marker, end_marker)
+    if found is None:
+        print(
+            f"{doc}: missing, or markers {start_marker} ... {end_marker} not found", file=sys.stderr
+        )
+        return False
+    if found.strip() != content().strip():
+        print(
+            f"{doc}: {what}: out of date; run: python docs/gen_hooks.py --write",
+            file=sys.stderr,
+        )
+        return False
+    print(f"{doc}: {what}: up to date")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
-        "--check", action="store_true", help="exit 1 if docs/plugins.md is out of date"
+        "--check", action="store_true", help="exit 1 if docs/plugins.md or docs/config.md is stale"
     )
-    mode.add_argument("--write", action="store_true", help="update docs/plugins.md in place")
+    mode.add_argument("--write", action="store_true", help="update both documents in place")
+    mode.add_argument(
+        "--components", action="store_true", help="print the component tables instead"
+    )
     parser.add_argument(
-        "--doc", type=Path, default=DOC, help="the Markdown file (default docs/plugins.md)"
+        "--doc", type=Path, default=DOC, help="the hook reference's file (default docs/plugins.md)"
+    )
+    parser.add_argument(
+        "--components-doc",
+        type=Path,
+        default=COMPONENTS_DOC,
+        help="the component tables' file (default docs/config.md)",
     )
     args = parser.parse_args(argv)
+    docs = [
+        (args.doc, START, END, generate, "hook reference"),
+        (
+            args.components_doc,
+            COMPONENTS_START,
+            COMPONENTS_END,
+            generate_components,
+            "component tables",
+        ),
+    ]
     if args.check:
-        found = current(args.doc)
-        if found is None:
-            print(f"{args.doc}: missing, or markers {START} ... {END} not found", file=sys.stderr)
-            return 1
-        if found.strip() != generate().strip():
-            print(
-                f"{args.doc}: the hook reference is out of date; run: python docs/gen_hooks.py --write",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{args.doc}: hook reference is up to date")
-        return 0
+        results = [check(*d) for d in docs]  # every document is checked, and said
+        return 0 if all(results) else 1
     if args.write:
-        write(args.doc)
+        for doc, start, end, content, _ in docs:
+            write(doc, start, end, content)
         return 0
-    sys.stdout.write(generate())
+    sys.stdout.write(generate_components() if args.components else generate())
     return 0
 
 

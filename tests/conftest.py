@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,38 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+_PEAK_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(f'{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}')\n"
+)
+
+
+def peak_memory_run(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``cmd`` and measure its own peak memory (MB), through a small launcher process.
+
+    Linux counts a child's memory from before its ``exec`` in its peak, so a child forked by
+    the (large) test process would report the test process's size: a fresh small parent forks
+    it instead, and reads its peak with ``wait4``.
+    """
+    report = Path(cwd) / f".peak-{os.getpid()}-{time.monotonic_ns()}"
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_LAUNCHER, str(report), *cmd],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    code, peak_kib = report.read_text().split()
+    report.unlink()
+    proc.returncode = int(code)
+    return proc, int(peak_kib) / 1024
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
