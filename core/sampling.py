@@ -19,6 +19,15 @@ synchronise it; each ``__iter__`` builds its own ``torch.Generator`` from ``(see
 :func:`check_prepared` verifies after ``prepare`` that Accelerate kept our sampler and shards it
 exactly once.
 
+The last batch: training batches come from :class:`EpochBatchSampler` (or its length-grouped
+subclass). A last batch of a single example (N = 1 mod batch size) is merged into the batch
+before it, so no run fails on it (a BatchNorm layer cannot train on one example: "Expected
+more than 1 value per channel when training") and every example is still seen in every epoch
+(dropping it would lose that example for the epoch, and the same one again when the order
+repeats). That is for one process; under sharding Accelerate's ``even_batches`` already fills
+the last step's batches to full size with the epoch's first examples, and it needs batches of
+exactly ``batch_size`` there, so nothing is merged.
+
 Exact resume: a sampler's whole state is ``(seed, epoch)``. To continue an epoch after ``k``
 batches, set the epoch (``set_epoch``) and skip the first ``k`` batches of this process
 (``accelerator.skip_first_batches(loader, k)``): the order is recomputed, not stored.
@@ -131,7 +140,73 @@ class WeightedSampler(EpochSampler):
         return torch.multinomial(w, self.num_samples, replacement=True, generator=self._rng())
 
 
-class LengthGroupedBatchSampler(EpochSampler):
+def last_batch_merged(num_samples: int, batch_size: int, world_size: int = 1) -> bool:
+    """Whether an epoch's last batch, of one example, joins the one before it: for one process,
+    when ``num_samples`` is 1 more than a multiple of ``batch_size`` (and more than a batch)."""
+    return (
+        world_size == 1
+        and batch_size > 1
+        and num_samples > batch_size
+        and num_samples % batch_size == 1
+    )
+
+
+class EpochBatchSampler(EpochSampler):
+    """Batches of ``batch_size`` consecutive examples of a base sampler's epoch order.
+
+    The last batch may be smaller; a last batch of a single example is merged into the one
+    before (one process only: see :func:`last_batch_merged` and the module's note on the last
+    batch). Accelerate shards these batches like a torch ``BatchSampler`` (``batch_size``,
+    ``drop_last``).
+    """
+
+    def __init__(self, base: EpochSampler, batch_size: int, world_size: int = 1) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(len(base), base.seed)
+        self.base = base
+        self.batch_size = int(batch_size)
+        self.world_size = max(1, int(world_size))
+        self.drop_last = False
+
+    @property
+    def merges_last(self) -> bool:
+        """True when the epoch's last batch of one example is merged into the one before."""
+        return last_batch_merged(self.num_samples, self.batch_size, self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.base.set_epoch(epoch)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        super().load_state_dict(state)
+        self.base.load_state_dict(state)
+
+    def _merge_last(self, batches: list[list[int]]) -> list[list[int]]:
+        if self.merges_last and len(batches) > 1 and len(batches[-1]) == 1:
+            last = batches.pop()
+            batches[-1] = batches[-1] + last
+        return batches
+
+    def batches(self) -> list[list[int]]:
+        """The epoch's batches (global, before sharding)."""
+        order = self.base.indices().tolist()
+        step = self.batch_size
+        return self._merge_last([order[i : i + step] for i in range(0, len(order), step)])
+
+    def indices(self) -> Any:
+        import torch
+
+        return torch.as_tensor([i for b in self.batches() for i in b], dtype=torch.long)
+
+    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size) - int(self.merges_last)
+
+
+class LengthGroupedBatchSampler(EpochBatchSampler):
     """Batches of similar lengths (dynamic padding wastes little), still random between epochs.
 
     As Hugging Face's ``LengthGroupedSampler``: the epoch's order (a shuffle, or a weighted
@@ -152,22 +227,14 @@ class LengthGroupedBatchSampler(EpochSampler):
         megabatch_mult: int = 50,
         base: EpochSampler | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.base = base if base is not None else ShuffleSampler(len(self.lengths), seed)
-        super().__init__(len(self.base), seed)
-        self.batch_size = int(batch_size)
-        self.drop_last = False
-        self.megabatch = max(1, int(megabatch_mult)) * self.batch_size * max(1, int(world_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.base.set_epoch(epoch)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        super().load_state_dict(state)
-        self.base.load_state_dict(state)
+        super().__init__(
+            base if base is not None else ShuffleSampler(len(self.lengths), seed),
+            batch_size,
+            world_size,
+        )
+        self.seed = int(seed)
+        self.megabatch = max(1, int(megabatch_mult)) * self.batch_size * self.world_size
 
     def batches(self) -> list[list[int]]:
         """The epoch's batches (global, before sharding)."""
@@ -187,18 +254,7 @@ class LengthGroupedBatchSampler(EpochSampler):
             partial = [i for i, b in enumerate(batches) if len(b) < self.batch_size]
             if partial and partial[0] != len(batches) - 1:
                 batches.append(batches.pop(partial[0]))
-        return batches
-
-    def indices(self) -> Any:
-        import torch
-
-        return torch.as_tensor([i for b in self.batches() for i in b], dtype=torch.long)
-
-    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return self._merge_last(batches)
 
 
 def find_sampler(loader: Any) -> Any:

@@ -46,12 +46,20 @@ def _logits(out: Any) -> Any:
     return out.logits if hasattr(out, "logits") else out
 
 
+def _pieces(n: int, chunks: int) -> int:
+    """How many micro-batches a batch of ``n`` rows is cut into when ``chunks`` are asked for:
+    never a piece of one row from a larger batch (a BatchNorm layer cannot train on one)."""
+    return max(1, min(chunks, n // 2))
+
+
 def _row_slices(batch: dict[str, Any], n: int, chunks: int) -> Any:
-    """``(slice, sub-batch)`` for ``chunks`` consecutive pieces of a batch of ``n`` rows; values
-    that are not per-row tensors are passed whole to every piece."""
-    size = math.ceil(n / chunks)
-    for start in range(0, n, size):
-        part = slice(start, start + size)
+    """``(slice, sub-batch)`` for :func:`_pieces` consecutive near-equal pieces of a batch of
+    ``n`` rows (sizes differ by at most one, none of one row unless ``n`` is 1); values that
+    are not per-row tensors are passed whole to every piece."""
+    pieces = _pieces(n, chunks)
+    bounds = [n * i // pieces for i in range(pieces + 1)]
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        part = slice(start, stop)
         yield (
             part,
             {
@@ -155,16 +163,19 @@ class Trainer:
         shuffle: bool,
         sample_weights: np.ndarray | None = None,
     ) -> Any:
-        """A DataLoader; a training one draws from a :mod:`tuneforge.sampling` sampler.
+        """A DataLoader; a training one draws from a :mod:`tuneforge.sampling` batch sampler.
 
         Training order: a seeded shuffle, or a class-weighted draw (``sample_weights``), and
         with ``trainer.group_by_length`` length-grouped batches; all are the same global order
-        on every process for a given (seed, epoch), sharded by ``accelerator.prepare``.
+        on every process for a given (seed, epoch), sharded by ``accelerator.prepare``. In a
+        one-process run a last training batch of one example is merged into the one before
+        (:class:`~tuneforge.sampling.EpochBatchSampler`).
         """
         from torch.utils.data import DataLoader
 
         from tuneforge.errors import ConfigError
         from tuneforge.sampling import (
+            EpochBatchSampler,
             LengthGroupedBatchSampler,
             ShuffleSampler,
             WeightedSampler,
@@ -179,7 +190,10 @@ class Trainer:
                 sampler = WeightedSampler(sample_weights, cfg.seed, num_samples=len(dataset))
             else:
                 sampler = ShuffleSampler(len(dataset), cfg.seed)
-            if cfg.group_by_length:
+            world = self.accelerator.num_processes
+            if not cfg.group_by_length:
+                batch_sampler = EpochBatchSampler(sampler, batch_size, world_size=world)
+            else:
                 lengths = dataset_lengths(dataset)
                 if lengths is None:
                     raise ConfigError(
@@ -188,13 +202,9 @@ class Trainer:
                         "grouping by length is for text tasks",
                     )
                 batch_sampler = LengthGroupedBatchSampler(
-                    lengths,
-                    batch_size,
-                    cfg.seed,
-                    world_size=self.accelerator.num_processes,
-                    base=sampler,
+                    lengths, batch_size, cfg.seed, world_size=world, base=sampler
                 )
-                sampler = None
+            sampler = None
         workers = self.num_workers
         extra: dict[str, Any] = {}
         if workers > 0:
@@ -269,12 +279,18 @@ class Trainer:
         from tqdm.auto import tqdm
         from transformers import get_scheduler
 
-        from tuneforge.sampling import check_prepared, find_sampler, set_epoch
+        from tuneforge.sampling import EpochBatchSampler, check_prepared, find_sampler, set_epoch
 
         cfg, acc = self.config, self.accelerator
         set_seed(cfg.seed, deterministic=cfg.deterministic)
         train_dl = self._loader(train_set, collate, cfg.batch_size, True, sample_weights)
         train_sampler = find_sampler(train_dl)  # its order is a function of (seed, epoch)
+        merged = isinstance(train_sampler, EpochBatchSampler) and train_sampler.merges_last
+        if merged and self.is_main:
+            self.console(
+                "the last training batch of 1 example is merged into the one before "
+                f"(N = {train_sampler.num_samples}, batch size {train_sampler.batch_size})"
+            )
         val_dl = self._loader(val_set, collate, cfg.eval_batch_size or cfg.batch_size * 2, False)
         optimizer = self._optimizer(model)
         steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
@@ -300,7 +316,8 @@ class Trainer:
         self._init_reliability(optimizer)
         first_epoch, resumed, current_rng = 1, None, None
         if resume is not None:
-            resumed, epoch_rng_saved = load_checkpoint(acc, resume)
+            # everything checked (files, fit to these objects) before anything is applied
+            resumed, epoch_rng_saved = load_checkpoint(acc, resume, model, optimizer, scheduler)
             current_rng = capture_rngs({})  # the process RNGs as Accelerate restored them
             if resumed.get("num_batches") != len(train_dl) or resumed.get("epochs") != cfg.epochs:
                 raise UserError(
@@ -561,7 +578,8 @@ class Trainer:
                 if not self._is_oom(exc):
                     raise
                 n = int(labels.shape[0])
-                micro = math.ceil(n / self._chunks)
+                pieces = _pieces(n, self._chunks)
+                micro = math.ceil(n / pieces)
                 where = (
                     "CUDA out of memory" if self.on_cuda or "CUDA" in str(exc) else "out of memory"
                 )
@@ -570,10 +588,10 @@ class Trainer:
                         f"{where} at batch {micro}: lower trainer.batch_size (now "
                         f"{self.config.batch_size}) or set trainer.auto_batch_size: true"
                     ) from None
-                if micro <= 1:
+                if pieces >= max(1, n // 2):  # no smaller pieces: they would be of one row
                     raise UserError(
-                        f"{where} even at batch 1: the model does not fit this device; use a "
-                        "smaller model, trainer.precision: bf16, or a larger GPU"
+                        f"{where} even at batch {micro}: the model does not fit this device; use "
+                        "a smaller model, trainer.precision: bf16, or a larger GPU"
                     ) from None
             # Outside the except block: the traceback (and the activations it holds) is gone.
             gc.collect()
@@ -585,10 +603,10 @@ class Trainer:
                 else:  # earlier micro-batches' gradients are mixed with partial ones
                     self._poisoned = True
             self._chunks *= 2
-            new = math.ceil(n / self._chunks)
+            pieces = _pieces(n, self._chunks)
             self.console.result(
-                f"warning: {where} at batch {micro}: retrying with {new} x "
-                f"{self._chunks * self.config.gradient_accumulation_steps} accumulation"
+                f"warning: {where} at batch {micro}: retrying with {math.ceil(n / pieces)} x "
+                f"{pieces * self.config.gradient_accumulation_steps} accumulation"
             )
 
     def _chunked(
@@ -704,8 +722,9 @@ class Trainer:
             except Exception as exc:
                 if not self._is_oom(exc):
                     raise
-                micro = math.ceil(n / chunks)
-                if not auto or micro <= 1:
+                pieces = _pieces(n, chunks)
+                micro = math.ceil(n / pieces)
+                if not auto or pieces >= max(1, n // 2):  # smaller pieces would be of one row
                     raise UserError(
                         f"out of memory evaluating a batch of {micro}: lower "
                         "trainer.eval_batch_size or set trainer.auto_batch_size: true"
@@ -716,7 +735,7 @@ class Trainer:
             self._eval_chunks = chunks * 2
             self.console.result(
                 f"warning: out of memory evaluating a batch of {micro}: "
-                f"retrying in pieces of {math.ceil(n / self._eval_chunks)}"
+                f"retrying in pieces of {math.ceil(n / _pieces(n, self._eval_chunks))}"
             )
 
     def _record_nonfinite(self, bad: Any, epoch: int, step: int, lr: float) -> None:

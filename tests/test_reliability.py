@@ -65,6 +65,19 @@ class Net(torch.nn.Module):
         return self.body(x)
 
 
+class NormNet(Net):
+    """:class:`Net` with a BatchNorm1d layer, which cannot train on a batch of one example."""
+
+    def __init__(self, oom_above: int | None = None, oom_calls: tuple[int, ...] = ()) -> None:
+        super().__init__(oom_above, oom_calls)
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(4, 16),
+            torch.nn.BatchNorm1d(16),
+            torch.nn.ReLU(),
+            torch.nn.Linear(16, 3),
+        )
+
+
 def data(n: int, seed: int, bad_rows: tuple[int, ...] = ()) -> Rows:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=g)
@@ -82,7 +95,7 @@ def evaluate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 
 def fit(
-    train: Rows, model_args: dict | None = None, **trainer: object
+    train: Rows, model_args: dict | None = None, net: type = Net, **trainer: object
 ) -> tuple[Trainer, torch.nn.Module, object, str]:
     cfg = TrainerConfig(
         **{
@@ -99,7 +112,7 @@ def fit(
     )
     out = io.StringIO()
     tr = Trainer(cfg, Console("normal", stream=out))
-    model = Net(**(model_args or {}))
+    model = net(**(model_args or {}))
     result = tr.fit(
         model,
         train,
@@ -195,6 +208,47 @@ def test_out_of_memory_without_auto_batch_size_is_a_one_line_error() -> None:
     assert str(err.value).startswith("CUDA out of memory at batch 32: lower trainer.batch_size")
 
 
+def test_micro_batches_are_near_equal_and_never_of_one_row() -> None:
+    from tuneforge.trainer import _row_slices
+
+    for n in range(1, 70):
+        for chunks in (1, 2, 3, 4, 8, 16, 64):
+            batch = {"x": torch.arange(n), "scale": torch.tensor(2.0)}
+            parts = list(_row_slices(batch, n, chunks))
+            sizes = [len(sub["x"]) for _, sub in parts]
+            assert sum(sizes) == n and max(sizes) - min(sizes) <= 1, (n, chunks, sizes)
+            assert min(sizes) >= 2 or n == 1, (n, chunks, sizes)
+            assert torch.equal(torch.cat([sub["x"] for _, sub in parts]), batch["x"])
+            assert all(sub["scale"] is batch["scale"] for _, sub in parts)  # not per-row
+
+
+# -- the last batch ----------------------------------------------------------------------------
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_a_last_batch_of_one_example_does_not_break_batchnorm(accumulation: int) -> None:
+    # 33 rows in batches of 16: the third batch would hold one example.
+    _, model, result, out = fit(
+        data(33, seed=4), net=NormNet, gradient_accumulation_steps=accumulation
+    )
+    line = (
+        "the last training batch of 1 example is merged into the one before (N = 33, batch size 16)"
+    )
+    assert out.count(line) == 1  # once, not per epoch
+    assert [r["train.steps"] for r in result.history] == [2 // accumulation] * 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_an_out_of_memory_split_makes_no_one_row_micro_batch() -> None:
+    # Batches of 13 (27 rows: the last, of one, merged: 13 and 14) and room for 4 rows: in 4
+    # pieces, 13 is 4 + 3 + 3 + 3 (not 4 + 4 + 4 + 1, which BatchNorm cannot train on).
+    _, model, result, out = fit(
+        data(27, seed=5), {"oom_above": 4}, net=NormNet, batch_size=13, auto_batch_size=True
+    )
+    assert "out of memory at batch 7: retrying with 4 x 4 accumulation" in out
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(UserError, match=r"out of memory even at batch 3: the model does not fit"):
+        fit(data(27, seed=5), {"oom_above": 1}, net=NormNet, batch_size=13, auto_batch_size=True)
+
+
 # -- L1 penalty --------------------------------------------------------------------------------
 def l1_norm(model: torch.nn.Module) -> float:
     return float(sum(p.detach().abs().sum() for p in model.parameters() if p.ndim >= 2))
@@ -239,6 +293,15 @@ def test_deterministic_mode_sets_torch_flags_and_repeats_exactly(monkeypatch) ->
 
 
 # -- atomic checkpoints ------------------------------------------------------------------------
+def loop_state(epoch: int) -> dict:
+    """A loop state as the trainer stores it (at an epoch's start)."""
+    from tuneforge.checkpoint import LOOP_STATE
+
+    state: dict = {k: 0 for k in LOOP_STATE}
+    state.update(epoch=epoch, history=[], sums=[], counts=[], best_value=None, best_epoch=None)
+    return state
+
+
 def test_checkpoints_are_atomic_and_the_last_k_are_kept(tmp_path: Path) -> None:
     from tuneforge.checkpoint import capture_rngs, load_checkpoint, save_checkpoint, step_dirs
 
@@ -252,7 +315,7 @@ def test_checkpoints_are_atomic_and_the_last_k_are_kept(tmp_path: Path) -> None:
     rngs = capture_rngs({})
     root = tmp_path / "state"
     for step in (1, 2, 3):
-        save_checkpoint(acc, root, step, {"epoch": step}, rngs, keep=2)
+        save_checkpoint(acc, root, step, loop_state(step), rngs, keep=2)
     assert [s for s, _ in step_dirs(root)] == [2, 3]
     saved = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -260,7 +323,7 @@ def test_checkpoints_are_atomic_and_the_last_k_are_kept(tmp_path: Path) -> None:
         raise OSError("No space left on device")
 
     with pytest.raises(OSError):
-        save_checkpoint(acc, root, 4, {"epoch": 4}, rngs, keep=2, extra=crash)
+        save_checkpoint(acc, root, 4, loop_state(4), rngs, keep=2, extra=crash)
     assert [s for s, _ in step_dirs(root)] == [2, 3]  # no step-000004, nothing pruned
 
     with torch.no_grad():
@@ -276,6 +339,37 @@ def test_checkpoints_are_atomic_and_the_last_k_are_kept(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(UserError, match=re.escape(str(weights))):
         load_checkpoint(acc, root / "step-000003")
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_refused_before_anything_loads(
+    tmp_path: Path,
+) -> None:
+    """The run's config.yaml edited between the kill and --resume: another model."""
+    from tuneforge.checkpoint import capture_rngs, load_checkpoint, save_checkpoint
+
+    def prepared(hidden: int) -> tuple:
+        tr = Trainer(TrainerConfig(device="cpu", precision="fp32"), Console("quiet"))
+        model = Net()
+        model.body[0], model.body[2] = torch.nn.Linear(4, hidden), torch.nn.Linear(hidden, 3)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        return tr.accelerator, *tr.accelerator.prepare(model, optimizer)
+
+    acc, model, optimizer = prepared(16)
+    model(torch.randn(4, 4)).sum().backward()
+    optimizer.step()
+    ckpt = save_checkpoint(acc, tmp_path / "state", 1, loop_state(1), capture_rngs({}), keep=1)
+    assert ckpt is not None
+    acc, wider, wider_opt = prepared(32)
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(UserError) as err:
+        load_checkpoint(acc, ckpt, wider, wider_opt)
+    assert str(err.value).startswith(f"{ckpt / 'model.safetensors'}: 'body.0.")
+    assert "has shape [16" in str(err.value) and "this run's model [32" in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in wider.state_dict().items())  # untouched
+    acc, same, same_opt = prepared(16)
+    load_checkpoint(acc, ckpt, same, same_opt)  # the model it was written for loads
+    for a, b in zip(same.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 # -- safe loading ------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
+from tuneforge.checkpoint import STATE_FILE, _checksum, _manifest
 
 from conftest import TUNEFORGE, ok, one_line_error, run_cli
 
@@ -125,11 +128,17 @@ def test_resume_refuses_what_it_cannot_resume(project, tmp_path: Path) -> None:
     shutil.copytree(partial, evil)
     ckpt = evil / "state" / latest.name
     (ckpt / "optimizer.bin").write_bytes(pickle.dumps(Evil()))
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    state["files"]["optimizer.bin"] = (ckpt / "optimizer.bin").stat().st_size  # tampered too
-    (ckpt / "trainer_state.json").write_text(json.dumps(state))
     line = one_line_error(run_cli("run", "--resume", str(evil)))
-    assert "does not load" in line, line
+    assert f"{ckpt / 'optimizer.bin'}: truncated or changed" in line, line  # the manifest
+    # ... and with the manifest forged to match (sizes, SHA-256s, checksum), its loader
+    # refuses it: torch.save's archive holding the pickle, as a real optimizer.bin is.
+    torch.save({"state": Evil()}, ckpt / "optimizer.bin")
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    state["files"] = _manifest(ckpt)
+    state["checksum"] = _checksum(state)
+    (ckpt / STATE_FILE).write_text(json.dumps(state))
+    line = one_line_error(run_cli("run", "--resume", str(evil)))
+    assert f"{ckpt / 'optimizer.bin'}: the checkpoint part does not load safely" in line, line
     assert not marker.exists()
 
     # The untouched run still resumes.

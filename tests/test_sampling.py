@@ -170,3 +170,49 @@ def test_bad_trainer_speed_keys_are_one_line_errors(project) -> None:
     assert "trainer.num_workers" in line
     cfg = project.config(trainer={"compile": "sometimes"})
     assert "trainer.compile" in one_line_error(run_cli("run", str(cfg), cwd=project.root))
+
+
+# -- the last batch ----------------------------------------------------------------------------
+def _sizes(batches) -> list[int]:
+    return [len(b) for b in batches]
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "weighted", "length-grouped"])
+def test_a_last_batch_of_one_example_is_merged_into_the_one_before(kind: str) -> None:
+    from tuneforge.sampling import EpochBatchSampler
+
+    def batches(n: int, world_size: int = 1) -> EpochBatchSampler:
+        base = WeightedSampler(np.ones(n), seed=1) if kind == "weighted" else ShuffleSampler(n, 1)
+        if kind == "length-grouped":
+            lengths = np.arange(n) % 7 + 1
+            return LengthGroupedBatchSampler(lengths, 16, 1, world_size=world_size, base=base)
+        return EpochBatchSampler(base, 16, world_size=world_size)
+
+    merged = batches(33)
+    assert merged.merges_last and len(merged) == 2
+    assert sorted(_sizes(merged)) == [16, 17]
+    assert sorted(i for b in merged for i in b) == sorted(merged.base.indices().tolist())
+    merged.set_epoch(1)
+    assert sorted(_sizes(merged)) == [16, 17] and merged.base.epoch == 1
+    for n, sizes in [(34, [2, 16, 16]), (32, [16, 16]), (17, [17]), (1, [1]), (16, [16])]:
+        plain = batches(n)
+        assert sorted(_sizes(plain)) == sizes and len(plain) == len(sizes)
+        assert plain.merges_last == (n == 17)  # 17 = 16 + 1: one batch of 17
+    # Under sharding, batches stay of batch_size: Accelerate's even_batches fills the last
+    # step's with the epoch's first examples, so no process ever gets a batch of one.
+    assert not batches(33, world_size=2).merges_last
+    assert sorted(_sizes(batches(33, world_size=2))) == [1, 16, 16]
+
+
+def test_two_processes_get_full_batches_when_n_is_one_more_than_a_multiple() -> None:
+    from accelerate.data_loader import BatchSamplerShard
+
+    from tuneforge.sampling import EpochBatchSampler
+
+    for n in (33, 17, 49):
+        sampler = EpochBatchSampler(ShuffleSampler(n, 4), 8, world_size=2)
+        shards = [list(BatchSamplerShard(sampler, 2, rank, even_batches=True)) for rank in (0, 1)]
+        assert all(len(b) == 8 for shard in shards for b in shard), (n, shards)
+        assert len(shards[0]) == len(shards[1])
+        seen = {i for shard in shards for b in shard for i in b}
+        assert seen == set(range(n))  # every example, the padding drawn from the first ones
