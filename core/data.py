@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, UserError, short
 
 TABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 _SUFFIXES = {
@@ -23,6 +26,58 @@ _SUFFIXES = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words (``"a FIFO (named pipe)"``, ``"a folder"``...)."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def path_problem(path: Path | str, folder_ok: bool = False) -> str:
+    """Why ``path`` cannot be read as data (``""`` when it can): checked with :func:`os.stat`,
+    without opening it.
+
+    Only a regular file passes (a folder too with ``folder_ok``): a FIFO would block the
+    reader forever, and a device such as ``/dev/zero`` never ends. Symbolic links are followed.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if os.path.islink(path) else "not found"
+    except NotADirectoryError:
+        return "not found (a folder above it is a file)"
+    except PermissionError:
+        return "cannot be read: permission denied"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or type(exc).__name__}"
+    if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
+        return ""
+    expected = "a regular file or a folder" if folder_ok else "a regular file"
+    return f"is {file_kind(mode)}, not {expected}"
+
+
+def check_data_path(path: Path, what: str = "data file", folder_ok: bool = False) -> bool:
+    """Refuse anything but a regular file (or, with ``folder_ok``, a folder) before it is opened,
+    with a one-line :class:`DataError` naming ``path`` and what it is; returns whether ``path``
+    is a folder."""
+    problem = path_problem(path, folder_ok)
+    if problem == "not found":
+        raise DataError(f"{what} not found: {path}")
+    if problem:
+        raise DataError(f"{path}: {what} {problem}")
+    return path.is_dir()
 
 
 _RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
@@ -70,10 +125,9 @@ def read_table(
 ) -> pd.DataFrame:
     """Read a CSV/TSV/JSONL/Parquet file into a DataFrame whose index is the 0-based data row."""
     options = dict(options or {})
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
     if path.is_dir():
         raise DataError(f"data path is a folder, expected a file: {path}")
+    check_data_path(path, "data file")  # a FIFO or a device is never opened
     fmt = infer_format(path, fmt)
     try:
         if fmt == "csv":
@@ -111,6 +165,95 @@ def read_table(
         raise DataError(f"{path}: cannot read as {fmt}: {type(exc).__name__}: {exc}") from exc
     frame = frame.reset_index(drop=True)
     return frame
+
+
+#: What a table of predictions can be written as, by the output's suffix.
+OUTPUT_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+def check_output_file(path: Path, key: str = "--output", source: Path | None = None) -> list[Path]:
+    """Refuse, before any work is done, an output table that could not be written: an unknown
+    suffix, a folder, something other than a regular file (``/dev/null`` would be replaced),
+    the input file itself (``source``), a parent that is a file, or a folder this process
+    cannot create files in (a read-only mount, ``/proc``). Returns the missing parent folders,
+    outermost first, for :func:`write_table` to create (and remove again on failure).
+    """
+    problem = path_problem(path)
+    if problem == "is a folder, not a regular file":
+        raise UserError(f"{key} {path}: is a folder; name a file, e.g. {path / 'predictions.csv'}")
+    if problem.startswith("is "):
+        raise UserError(f"{key} {path}: {problem}; predictions are written to a regular file")
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        what = f"unknown suffix {short(suffix)}" if suffix else "no suffix"
+        raise UserError(
+            f"{key} {path}: {what}; name a file ending in one of "
+            f"{', '.join(sorted(OUTPUT_SUFFIXES))}"
+        )
+    if not problem and source is not None:
+        try:
+            same = os.path.samefile(path, source)
+        except OSError:
+            same = False
+        if same:
+            raise UserError(
+                f"{key} {path}: is the input file; the predictions would replace the data, "
+                "name another file"
+            )
+    missing: list[Path] = []
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        missing.insert(0, folder)
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{key} {path}: {folder} is a file, not a folder")
+    try:  # a real probe: root passes os.access on read-only pseudo file systems
+        fd, probe = tempfile.mkstemp(prefix=".tuneforge-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{key} {path}: cannot create files in {folder}: {reason}") from None
+    return missing
+
+
+def write_table(frame: pd.DataFrame, path: Path, key: str = "--output") -> None:
+    """Write ``frame`` as CSV/TSV/JSONL/Parquet (by the suffix) atomically: readers see the old
+    file or the whole new one, never a part. A file-system failure (a full disk, a read-only
+    mount) is a one-line :class:`UserError`, and the folders made for it are removed again."""
+    import io
+
+    from tuneforge.run import atomic_write_bytes
+
+    missing = check_output_file(path, key)
+    fmt = OUTPUT_SUFFIXES[path.suffix.lower()]
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        frame.to_parquet(buf)
+        data = buf.getvalue()
+    elif fmt == "jsonl":
+        data = frame.to_json(orient="records", lines=True).encode("utf-8")
+    else:
+        data = frame.to_csv(index=False, sep="\t" if fmt == "tsv" else ",").encode("utf-8")
+    try:
+        for folder in missing:
+            folder.mkdir(exist_ok=True)
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        for folder in reversed(missing):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{key} {path}: cannot write it: {reason}") from None
 
 
 class WorkerRandom:

@@ -47,6 +47,9 @@ from tuneforge.plugins.validators import preview
 
 SCALER_FILE = "target_scaler.json"
 LOSSES = ("mse", "l1", "huber")
+#: The largest target magnitude training takes: targets reach the model as float32, and past
+#: this they become infinite (and their standardisation NaN).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # -- targets ---------------------------------------------------------------------------------
 
@@ -102,6 +105,35 @@ def parse_targets(frame: pd.DataFrame, target: str | list[str], source: str = ""
             f"({finite[constant[0]].iloc[0]:g}) in every row: there is nothing to learn"
         )
     return frame
+
+
+def check_target_range(data: TaskData, rows: Any = None) -> None:
+    """Refuse targets training cannot use, naming the column and the rows: missing, infinite,
+    or beyond float32's range (``FLOAT32_MAX``), where standardising overflows.
+
+    The ``target-values`` validator reports (and by default drops) such rows first; this is
+    the check for the rows it kept.
+    """
+    frame = data.frame if rows is None else data.frame.loc[rows]
+    where = f"{data.source}: " if data.source else ""
+    for col in target_columns(data.target):
+        v = pd.to_numeric(frame[col], errors="coerce").astype(np.float64)
+        finite = np.isfinite(v)
+        for mask, what in (
+            (v.isna(), "no target (an empty or non-numeric cell)"),
+            (np.isinf(v), "an infinite target"),
+            (
+                finite & (v.abs() > FLOAT32_MAX),
+                f"a target beyond float32's range (|y| > {FLOAT32_MAX:.4g})",
+            ),
+        ):
+            bad = [int(r) for r in frame.index[mask.to_numpy()]]
+            if bad:
+                raise DataError(
+                    f"{where}target column {col!r}: {len(bad)} rows have {what}: rows "
+                    f"{preview(bad)}; fix them, or let the target-values validator (policy drop) "
+                    "remove them"
+                )
 
 
 def target_values(data: TaskData, rows: Any = None) -> np.ndarray:
@@ -254,6 +286,7 @@ class RegressionTaskMixin:
         """Fit the target scaler on the train split (refusing all-equal training targets) and
         take the loss from the model's ``loss`` parameter when it has one."""
         self.loss_name = getattr(getattr(model_builder, "config", None), "loss", None) or "mse"
+        check_target_range(data)  # every split: val and test targets reach the metrics
         cols = target_columns(data.target)
         values = target_values(data, train_rows).reshape(len(train_rows), -1)
         for j, col in enumerate(cols):
@@ -459,7 +492,8 @@ def _regression_target(data: TaskData, name: str) -> list[str]:
 
 
 class TargetValues(Validator):
-    """Targets that are missing, not a number or infinite; all-equal targets are an error."""
+    """Targets that are missing, not a number, infinite or beyond float32's range; all-equal
+    targets are an error."""
 
     class Config(ValidatorConfig):
         policy: Literal["warn", "drop", "fail"] = "drop"
@@ -473,6 +507,12 @@ class TargetValues(Validator):
                 ("non-numeric-target", values.isna() & raw.notna(), "hold text, not a number"),
                 ("missing-target", raw.isna(), "have no target"),
                 ("infinite-target", np.isinf(values.fillna(0)), "have an infinite target"),
+                (
+                    "overflowing-target",
+                    np.isfinite(values.fillna(0)) & (values.abs() > FLOAT32_MAX),
+                    f"have a target beyond float32's range (|y| > {FLOAT32_MAX:.4g}: it "
+                    "overflows in training)",
+                ),
             ):
                 rows = [int(r) for r in raw.index[mask]]
                 if rows:

@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 
 from tuneforge.components import StrictConfig, Task
-from tuneforge.data import TaskData, WorkerRandom, read_table, require_columns, resolve_classes
+from tuneforge.data import (
+    TaskData,
+    WorkerRandom,
+    check_data_path,
+    path_problem,
+    read_table,
+    require_columns,
+    resolve_classes,
+)
 from tuneforge.errors import ConfigError, DataError, UserError
 
 #: Modes that convert losslessly enough to L/RGB; others (e.g. 32-bit float "F") are refused.
@@ -46,8 +54,10 @@ def inspect_image(path: str) -> ImageInfo:
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
-    if not p.is_file():
-        return ImageInfo(sha1=f"missing:{path}", problem="file not found")
+    problem = path_problem(p)  # stat only: a FIFO is never opened, a device never read
+    if problem:
+        problem = "file not found" if problem == "not found" else problem
+        return ImageInfo(sha1=f"missing:{path}", problem=problem)
     raw = p.read_bytes()
     info = ImageInfo(sha1=hashlib.sha1(raw).hexdigest())
     try:
@@ -68,6 +78,9 @@ def open_image(path: str, channels: int) -> Any:
     """Decode ``path`` as an RGB (``channels`` 3) or grayscale (1) PIL image."""
     from PIL import Image
 
+    problem = path_problem(path)  # before opening: a FIFO would block, a device never ends
+    if problem:
+        raise DataError(f"{path}: image file {problem}")
     try:
         with Image.open(path) as img:
             alpha = img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
@@ -235,9 +248,23 @@ class ImageClassificationTask(Task):
         def visible(p: Path) -> bool:
             return not any(part.startswith(".") for part in p.relative_to(root).parts)
 
+        def files_in(folder: Path) -> list[Path]:
+            """Regular files under ``folder``; a FIFO, device, socket or broken link is refused."""
+            found = []
+            for p in sorted(folder.rglob("*")):
+                if not visible(p):
+                    continue
+                problem = path_problem(p, folder_ok=True)
+                if problem:
+                    raise DataError(
+                        f"{p}: {problem} (inside the image folder {root}); remove it or move it out"
+                    )
+                if not p.is_dir():
+                    found.append(p)
+            return found
+
         if not labelled:
-            files = sorted(p for p in root.rglob("*") if p.is_file() and visible(p))
-            return pd.DataFrame({"image": [str(p) for p in files]})
+            return pd.DataFrame({"image": [str(p) for p in files_in(root)]})
         rows: list[tuple[str, str]] = []
         classes = sorted(p for p in root.iterdir() if p.is_dir() and visible(p))
         if not classes:
@@ -245,7 +272,7 @@ class ImageClassificationTask(Task):
                 f"{root}: no class folders; an image folder dataset is root/<class>/<image files>"
             )
         for folder in classes:
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and visible(p))
+            files = files_in(folder)
             if not files:
                 raise DataError(
                     f"{folder}: class folder {folder.name!r} holds no files; add images or remove it"
@@ -254,9 +281,7 @@ class ImageClassificationTask(Task):
         return pd.DataFrame(rows, columns=["image", "label"])
 
     def _read(self, path: Path, data_config: Any, labelled: bool) -> tuple[pd.DataFrame, str]:
-        if not path.exists():
-            raise DataError(f"data file or folder not found: {path}")
-        if path.is_dir():
+        if check_data_path(path, "data file or folder", folder_ok=True):
             if data_config.columns:
                 raise ConfigError("data.columns", "a folder dataset has no columns: remove it")
             if labelled and data_config.label not in (None, "label"):

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,8 +35,35 @@ LOWER_IS_BETTER = {
 }
 
 
+#: The JSON files of a run folder that ``report`` and ``runs`` read besides ``run.json``.
+REPORT_FILES = ("metrics.json", "findings.json", "split.json", "labels.json", "advice.json")
+
+
 def _warn(message: str) -> None:
     print(f"tuneforge: warning: {message}", file=sys.stderr, flush=True)
+
+
+def json_problems(run_dir: Path, names: tuple[str, ...] = REPORT_FILES) -> list[str]:
+    """One warning per JSON file of ``run_dir`` that exists but cannot be used: unreadable,
+    truncated or corrupt, or not a JSON object. Missing files are not problems here (older
+    runs and failed ones lack some)."""
+    out = []
+    for name in names:
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        except (ValueError, UnicodeDecodeError):
+            problem = "is truncated or not valid JSON"
+        else:
+            if isinstance(value, dict):
+                continue
+            problem = f"holds a JSON {type(value).__name__}, not an object"
+        out.append(f"{path}: {problem}; what it holds is left out")
+    return out
 
 
 def finished_run(path: Path) -> Path:
@@ -82,6 +110,9 @@ class ReportCommand(Command):
         from tuneforge.plugins.report.html import build_report
 
         run_dir = finished_run(args.run_dir)
+        # A damaged file is named and its part left out: the rest of the report still helps.
+        for warning in json_problems(run_dir):
+            _warn(warning)
         report = build_report(run_dir)
         for warning in report.warnings:
             _warn(warning)
@@ -248,6 +279,11 @@ def _text(value: Any, column: str) -> str:
             return f"{value:g}"
         if column == "seconds":
             return f"{value:.1f}"
+        if column == "started":
+            try:
+                return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+            except (OverflowError, OSError, ValueError):  # a damaged run.json
+                return f"{value:g}"
         return f"{value:.4f}"
     return str(value)
 
@@ -346,11 +382,19 @@ class RunsCommand(Command):
 
     def run(self, args: Any) -> int:
         rows = collect_runs(args.folder)
+        for row in rows:
+            if not PARTIAL.match(Path(row["path"]).name):
+                for warning in json_problems(Path(row["path"]), ("run.json", "metrics.json")):
+                    _warn(warning)
         columns = pick_columns(rows)
         # Chronological by default; ties of another sort key keep that order.
         rows = sort_rows(rows, "started", True if args.sort else args.ascending is not False)
         if args.sort:
-            rows = sort_rows(rows, resolve_sort(args.sort, columns, rows), args.ascending)
+            key = resolve_sort(args.sort, columns, rows)
+            rows = sort_rows(rows, key, args.ascending)
+            if key not in columns:  # the table shows the column it is sorted by
+                at = columns.index("seconds") if "seconds" in columns else len(columns)
+                columns.insert(at, key)
         if args.json:
             print(json.dumps(_finite_json(rows), indent=2, default=str))
             return 0

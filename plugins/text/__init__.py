@@ -28,6 +28,15 @@ def register_tasks(register: Register) -> None:
 
 
 @hookimpl
+def register_validators(register: Register) -> None:
+    register(
+        "long-text",
+        f"{_PKG}.checks:LongText",
+        "Text cells over 1,000,000 characters: cut (default), drop or fail, naming the rows",
+    )
+
+
+@hookimpl
 def register_tokenizers(register: Register) -> None:
     register(
         "hf-tokenizer",

@@ -56,8 +56,34 @@ def resolve_checkpoint(name: str, key: str) -> str:
     return name
 
 
+#: A text is tokenized from a prefix of ``max_length`` times this many characters (doubled
+#: while it holds too few tokens): per-row work is bounded by what truncation keeps, never by
+#: the size of the cell.
+PREFIX_CHARS_PER_TOKEN = 32
+
+
+#: Model types whose position ids start after the padding index (``pad_token_id + 1``).
+_OFFSET_POSITIONS = frozenset(
+    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "mpnet", "ibert"}
+)
+
+
+def position_limit(hf_config: Any) -> int | None:
+    """How many tokens the model's position embeddings take (None when it does not say)."""
+    n = getattr(hf_config, "max_position_embeddings", None)  # GPT-2 maps n_positions here
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return None
+    if getattr(hf_config, "model_type", "") in _OFFSET_POSITIONS:
+        n -= int(getattr(hf_config, "pad_token_id", None) or 0) + 1
+    return n if n > 0 else None
+
+
 class HFTokenizer(Component):
-    """Hugging Face fast tokenizer; defaults to the model's checkpoint."""
+    """Hugging Face fast tokenizer; defaults to the model's checkpoint.
+
+    Texts are tokenized from bounded prefixes (see :meth:`prefixes`): a multi-megabyte cell
+    costs what its first ``max_length`` tokens cost.
+    """
 
     class Config(StrictConfig):
         checkpoint: str | None = Field(
@@ -102,11 +128,70 @@ class HFTokenizer(Component):
             tok.pad_token = tok.eos_token
         self.tokenizer = tok
 
+    def prefixes(self, texts: list[str]) -> list[str]:
+        """Each text cut to a prefix that tokenizes to more than twice ``max_length`` tokens
+        (special tokens aside), or kept whole when it has no such prefix.
+
+        The first cut is ``max_length * PREFIX_CHARS_PER_TOKEN`` characters, doubled for the
+        texts whose cut holds too few tokens (long runs of spaces). Truncation keeps at most
+        ``max_length`` tokens of a text, all well before the cut, so encoding the prefixes
+        gives the same ids as encoding the texts, for a bounded cost. (One exception: a pair
+        under ``longest_first`` whose texts are both cut to half the budget gives the odd token
+        to the longer one, and the longer prefix need not be the longer text.)
+        """
+        limit = self.config.max_length
+        cap = limit * PREFIX_CHARS_PER_TOKEN
+        out = list(texts)
+        todo = [i for i, t in enumerate(texts) if len(t) > cap]
+        while todo:
+            cut = [texts[i][:cap] for i in todo]
+            counts = self.tokenizer(
+                cut,
+                add_special_tokens=False,
+                truncation=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )["input_ids"]
+            again = []
+            for i, text, ids in zip(todo, cut, counts, strict=True):
+                if len(ids) > 2 * limit:
+                    out[i] = text
+                else:
+                    again.append(i)
+            cap *= 2
+            todo = [i for i in again if len(texts[i]) > cap]
+        return out
+
+    def fit_to_model(self, positions: int | None, warn: bool = True) -> None:
+        """Keep ``max_length`` within what the model can take.
+
+        The limit is the model's position embeddings (``positions``) or the tokenizer's own
+        ``model_max_length``, whichever is smaller; a longer sequence would fail mid-training
+        with a shape error. ``max_length`` is lowered to the limit: silently for the default,
+        with a warning on stderr (``warn``) for a value the user set.
+        """
+        own = getattr(self.tokenizer, "model_max_length", None)
+        limits = [n for n in (positions, own) if isinstance(n, int) and 0 < n < 1_000_000]
+        if not limits or self.config.max_length <= min(limits):
+            return
+        limit = min(limits)
+        if warn and "max_length" in self.config.model_fields_set:
+            print(
+                f"tuneforge: warning: tokenizer.max_length {self.config.max_length} is more than "
+                f"the {limit} tokens the model takes (its position embeddings); using {limit}",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.config.max_length = limit
+
     def encode(
         self, texts: list[str], pairs: list[str] | None = None
     ) -> dict[str, list[list[int]]]:
         # A single text has nothing to choose between: only_* strategies apply to pairs.
         strategy = self.config.truncation if pairs is not None else "longest_first"
+        texts = self.prefixes(texts)
+        pairs = None if pairs is None else self.prefixes(pairs)
         try:
             enc = self.tokenizer(
                 texts,
@@ -141,10 +226,12 @@ class HFTokenizer(Component):
         )
 
     def lengths(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
-        """Token counts without truncation (special tokens included): one tokenizer pass."""
+        """Token counts without truncation (special tokens included) of the texts'
+        :meth:`prefixes`: exact up to twice ``max_length``, and above ``max_length`` for every
+        text (or pair) that :meth:`encode` truncates; never the count of a whole huge cell."""
         enc = self.tokenizer(
-            texts,
-            pairs,
+            self.prefixes(texts),
+            None if pairs is None else self.prefixes(pairs),
             truncation=False,
             return_attention_mask=False,
             return_token_type_ids=False,
@@ -155,6 +242,7 @@ class HFTokenizer(Component):
     def report_truncation(self, texts: list[str], pairs: list[str] | None = None) -> int:
         """Warn on stderr how many texts :meth:`encode` truncates; returns that count.
 
+        Counted on bounded prefixes (:meth:`lengths`), so the count costs what encoding costs.
         Called once per dataset. With ``only_first``/``only_second`` it also encodes the long
         pairs, so one that cannot be shortened fails before training starts.
         """
@@ -202,6 +290,17 @@ class HFSequenceClassification(ModelBuilder):
 
     def checkpoint_path(self) -> str:
         return resolve_checkpoint(self.config.checkpoint, "model.checkpoint")
+
+    def max_positions(self) -> int | None:
+        """The checkpoint's token limit (:func:`position_limit`), read from its config.json."""
+        from transformers import AutoConfig
+
+        path = self.checkpoint_path()
+        try:
+            return position_limit(AutoConfig.from_pretrained(path))
+        except (OSError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UserError(f"model.checkpoint: cannot load {path}: {first}") from None
 
     def build(self, num_labels: int, id2label: dict[int, str], tokenizer: Any, problem: str) -> Any:
         import transformers

@@ -72,7 +72,7 @@ class TextRegressionTask(RegressionTaskMixin, TextClassificationTask):
     def defaults(self) -> dict[str, Any]:
         return {
             # no "duplicates": it compares one label column; the split keeps duplicates together
-            "validators": ["schema", "missing", "empty-text", *DEFAULT_VALIDATORS],
+            "validators": ["schema", "missing", "empty-text", "long-text", *DEFAULT_VALIDATORS],
             "tokenizer": {"name": "hf-tokenizer"},
             "model": {"name": "hf-sequence-classification"},
             "metrics": DEFAULT_METRICS,

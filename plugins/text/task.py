@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,9 +13,14 @@ import pandas as pd
 
 from tuneforge.components import StrictConfig, Task
 from tuneforge.data import TaskData, read_table, require_columns, resolve_classes
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import ConfigError, DataError, short
 
 _NORM = re.compile(r"\W+")
+
+#: Text cells are cut to this many characters before preprocessing and tokenization (the
+#: ``long-text`` validator names the rows): far more than any ``tokenizer.max_length`` reads,
+#: and a bound on the per-row work of every step after loading.
+MAX_TEXT_CHARS = 1_000_000
 
 
 class TextDataset:
@@ -47,7 +53,8 @@ class TextDataset:
             empty = [i for i, ids in enumerate(self.encoded["input_ids"]) if not ids]
             if empty:
                 raise DataError(
-                    f"the tokenizer produced no tokens for {len(empty)} texts (first: {texts[empty[0]]!r}); "
+                    f"the tokenizer produced no tokens for {len(empty)} texts (first: "
+                    f"{short(texts[empty[0]])}); "
                     "check tokenizer.checkpoint or drop such rows"
                 )
 
@@ -146,6 +153,19 @@ class TextClassificationTask(Task):
             bad = frame.index[frame[col].isna()]
             if len(bad):
                 raise DataError(f"{path}: row {int(bad[0])}: column {col!r} ({role}) is empty")
+            lengths = frame[col].astype(str).str.len()
+            long = [int(r) for r in frame.index[lengths > MAX_TEXT_CHARS]]
+            if long:
+                shown = ", ".join(map(str, long[:5])) + (
+                    f", ... ({len(long)} in all)" if len(long) > 5 else ""
+                )
+                print(
+                    f"tuneforge: warning: {path}: {len(long)} texts in column {col!r} are longer "
+                    f"than {MAX_TEXT_CHARS:,} characters; only their first {MAX_TEXT_CHARS:,} are "
+                    f"read: rows {shown}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return frame
 
     def defaults(self) -> dict[str, Any]:
@@ -154,6 +174,7 @@ class TextClassificationTask(Task):
                 "schema",
                 "missing",
                 "empty-text",
+                "long-text",
                 "duplicates",
                 "conflicting-labels",
                 "class-size",
@@ -173,11 +194,18 @@ class TextClassificationTask(Task):
 
     # -- training -------------------------------------------------------------------------
     def prepare(self, tokenizer: Any, model_builder: Any) -> None:
+        from tuneforge.plugins.text.hf import HFSequenceClassification, HFTokenizer
+
         tokenizer.setup(default_checkpoint=model_builder.checkpoint_path())
+        if isinstance(tokenizer, HFTokenizer) and isinstance(
+            model_builder, HFSequenceClassification
+        ):  # a longer max_length would overrun the position embeddings mid-training
+            tokenizer.fit_to_model(model_builder.max_positions())
 
     def _texts(self, frame: pd.DataFrame, inputs: dict[str, str], preprocessors: list[Any]):
         def clean(col: str) -> list[str]:
-            values = frame[col].astype(str).tolist()
+            # Bounded per-row work from here on: no step reads past MAX_TEXT_CHARS characters.
+            values = [v[:MAX_TEXT_CHARS] for v in frame[col].astype(str).tolist()]
             for pre in preprocessors:
                 values = [pre(v) for v in values]
             return values
@@ -225,8 +253,13 @@ class TextClassificationTask(Task):
         tokenizer.save(folder)
 
     def load_artifacts(self, folder: Path, tokenizer: Any, model_builder: Any) -> Any:
+        from tuneforge.plugins.text.hf import HFTokenizer, position_limit
+
         tokenizer.load(str(folder), key=f"checkpoint {folder}")
-        return model_builder.load(folder)
+        model = model_builder.load(folder)
+        if isinstance(tokenizer, HFTokenizer):
+            tokenizer.fit_to_model(position_limit(model.config), warn=False)
+        return model
 
     def predict_dataset(
         self, frame: pd.DataFrame, data_config: Any, tokenizer: Any, preprocessors: list[Any]
