@@ -26,9 +26,9 @@ Severity = Literal["info", "warning", "error"]
 
 
 class StrictConfig(BaseModel):
-    """Base for component configs: unknown keys are errors."""
+    """Base for component configs: unknown keys are errors, numbers must be finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Component:
@@ -192,11 +192,27 @@ class Tuner(Component):
     ``objective(trial) -> float``; the objective trains a run and fills ``trial.value``,
     ``state``, ``seconds`` and ``run_dir``. ``space`` maps dotted config keys to
     :class:`tuneforge.config.Distribution`. ``direction`` is ``"max"`` or ``"min"``.
-    An optional ``validate_space(space)`` raises ``ValueError`` for entries the tuner cannot use.
     """
+
+    def validate_space(self, space: dict[str, Any]) -> None:
+        """Raise ``ValueError`` (one line) for a search-space entry this tuner cannot use.
+
+        Called before anything runs; the message is reported as ``tuner.space: ...``.
+        By default every entry is accepted.
+        """
 
     def search(self, space: dict[str, Any], objective: Any, direction: str) -> list[Trial]:
         raise NotImplementedError
+
+    def study_trials(self) -> list[Trial]:
+        """Every trial of the study the last :meth:`search` added to, by any process.
+
+        A tuner whose study lives in shared storage (several workers, earlier runs on the same
+        study) returns all of its trials here, with ``run_dir`` where known, so that each
+        worker's output reports the study's best. The default, an empty list, means the study
+        is exactly the trials ``search`` returned.
+        """
+        return []
 
 
 # -- advisors -----------------------------------------------------------------------------

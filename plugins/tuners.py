@@ -21,6 +21,9 @@ from tuneforge.errors import ConfigError
 from tuneforge.hookspecs import Register
 from tuneforge.secrets import mask_uri
 
+#: The optuna trial attribute that records each trial's run folder (any worker's).
+RUN_DIR_ATTR = "tuneforge.run_dir"
+
 
 def sample(dist: Any, rng: np.random.Generator) -> Any:
     """Draw one value from a search-space :class:`~tuneforge.config.Distribution`."""
@@ -166,34 +169,76 @@ class OptunaTuner(Tuner):
             return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.warmup_epochs))
         return optuna.pruners.NopPruner()
 
+    #: Seconds a worker keeps retrying to set up a storage that other workers are creating.
+    SETUP_PATIENCE = 60.0
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self._study: Any = None  # the optuna study of the last search
+        self._space: dict[str, Any] = {}
+
+    def _storage(self) -> Any:
+        """The RDB storage of ``storage`` (tables created if need be), or None for memory."""
+        import optuna
+
+        url = self.config.storage
+        if url is None:
+            return None
+        engine: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            # Workers share the file: wait for each other's writes instead of failing at once.
+            engine["connect_args"] = {"timeout": 60}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+
     def create_study(self, direction: str) -> Any:
-        """Open (or create) the study; a storage that cannot be opened is a ``tuner.storage`` error."""
+        """Open (or create) the study; a storage that cannot be opened is a ``tuner.storage`` error.
+
+        Workers started together on a new storage race to create its tables, its version row
+        and the study itself; the loser of such a race (``table ... already exists``, a unique
+        constraint, a locked database) waits a moment and tries again, for up to
+        :attr:`SETUP_PATIENCE` seconds. Any other failure is reported at once.
+        """
+        import random
+        import time
+
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         cfg = self.config
-        try:
-            return optuna.create_study(
-                storage=cfg.storage,
-                sampler=self._sampler(),
-                pruner=self._pruner(),
-                study_name=cfg.study_name,
-                direction="maximize" if direction == "max" else "minimize",
-                load_if_exists=cfg.storage is not None,
-            )
-        except ValueError as exc:  # e.g. a direction that differs from the stored study's
-            raise ConfigError("tuner.study_name", str(exc).splitlines()[0]) from None
-        except Exception as exc:  # SQLAlchemy / driver errors: cannot open the storage
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            url = mask_uri(cfg.storage or "")
-            raise ConfigError(
-                "tuner.storage", f"cannot open {url}: {mask_uri(first)[:300]}"
-            ) from None
+        deadline = time.monotonic() + self.SETUP_PATIENCE
+        rng = random.Random()
+        while True:
+            try:
+                return optuna.create_study(
+                    storage=self._storage(),
+                    sampler=self._sampler(),
+                    pruner=self._pruner(),
+                    study_name=cfg.study_name,
+                    direction="maximize" if direction == "max" else "minimize",
+                    load_if_exists=cfg.storage is not None,
+                )
+            except ValueError as exc:  # e.g. a direction that differs from the stored study's
+                raise ConfigError("tuner.study_name", str(exc).splitlines()[0]) from None
+            except Exception as exc:  # SQLAlchemy / driver errors: cannot open the storage
+                if _set_up_race(exc) and time.monotonic() < deadline:
+                    time.sleep(rng.uniform(0.05, 0.5))
+                    continue
+                raise self._storage_error("cannot open", exc) from None
+
+    def _storage_error(self, what: str, exc: BaseException) -> ConfigError:
+        if isinstance(exc, ImportError) and isinstance(exc.__cause__, ImportError):
+            # optuna's "Failed to import DB access module": say which one.
+            exc = ImportError(f"its database driver is not installed: {exc.__cause__}")
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        url = mask_uri(self.config.storage or "")
+        return ConfigError("tuner.storage", f"{what} {url}: {mask_uri(first)[:300]}")
 
     def search(self, space: dict[str, Any], objective: Any, direction: str) -> list[Trial]:
         import optuna
+        from sqlalchemy.exc import SQLAlchemyError
 
         study = self.create_study(direction)
+        self._study, self._space = study, space
         trials: list[Trial] = []
         encoded = {k: _categorical(d.choice) for k, d in space.items() if d.kind == "choice"}
 
@@ -224,20 +269,70 @@ class OptunaTuner(Tuner):
             trial.report = report
             trials.append(trial)
             value = objective(trial)
+            if trial.run_dir is not None:  # where this trial's folder is, for every worker
+                ot.set_user_attr(RUN_DIR_ATTR, trial.run_dir)
             if trial.state == "pruned":
                 raise optuna.TrialPruned()
             if trial.state == "failed" or value is None or not math.isfinite(value):
                 raise _Failed()
             return value
 
-        study.optimize(
-            run_one,
-            n_trials=self.config.trials,
-            timeout=self.config.timeout,
-            catch=(_Failed,),
-            gc_after_trial=True,
-        )
+        try:
+            study.optimize(
+                run_one,
+                n_trials=self.config.trials,
+                timeout=self.config.timeout,
+                catch=(_Failed,),
+                gc_after_trial=True,
+            )
+        except SQLAlchemyError as exc:  # the shared storage went away during the study
+            raise self._storage_error("lost", exc) from None
         return trials
+
+    def study_trials(self) -> list[Trial]:
+        """Every trial of the study in its storage: this search's, other workers' and earlier
+        runs' (those still running included, state ``running``)."""
+        study, space = self._study, self._space
+        if study is None:
+            return []
+        states = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
+        out = []
+        for ft in study.get_trials(deepcopy=False):
+            params = {}
+            for key, value in ft.params.items():
+                dist = space.get(key)
+                if dist is not None and dist.kind == "choice" and _categorical(dist.choice)[1]:
+                    value = dist.choice[value] if 0 <= value < len(dist.choice) else value
+                params[key] = value
+            seconds = ft.duration.total_seconds() if ft.duration is not None else 0.0
+            out.append(
+                Trial(
+                    number=ft.number,
+                    params=params,
+                    value=ft.value,
+                    state=states.get(ft.state.name, ft.state.name.lower()),
+                    seconds=seconds,
+                    run_dir=ft.user_attrs.get(RUN_DIR_ATTR),
+                    intermediate=dict(ft.intermediate_values),
+                )
+            )
+        return out
+
+
+def _set_up_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is another worker creating the same storage or study at the same moment."""
+    text = str(exc).lower()
+    return any(
+        sign in text
+        for sign in (
+            "already exists",  # CREATE TABLE (sqlite), a relation or type (PostgreSQL)
+            "unique constraint",  # the version row or the study name, inserted twice (sqlite)
+            "duplicate key",  # the same on PostgreSQL
+            "database is locked",
+            "deadlock detected",
+            "could not serialize",
+        )
+    )
 
 
 class SkoptTuner(Tuner):

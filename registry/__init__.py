@@ -151,6 +151,14 @@ class Registry:
         register.__doc__ = f"Register a {self.singular}: register(name, target, description='')."
         return register
 
+    def entry_of(self, obj: object) -> Entry | None:
+        """The entry whose class built ``obj`` (an instance of a registered class), if any."""
+        cls = type(obj)
+        for entry in self._entries.values():
+            if entry.target is cls or entry._resolved is cls:
+                return entry
+        return None
+
     def get(self, name: str) -> Entry:
         try:
             return self._entries[name]

@@ -157,6 +157,37 @@ def test_cli_plugin_paths_are_relative_to_the_working_directory(project) -> None
     assert proc.returncode == 0 and "always-one" not in proc.stdout
 
 
+def test_plugin_paths_cli_from_working_directory_config_from_its_folder(project) -> None:
+    # --plugin is a command-line path: relative to the working directory, for every command
+    # (run and validate too); plugins.local in a config is relative to the config's folder.
+    conf_dir, elsewhere = project.root / "conf", project.root / "elsewhere"
+    conf_dir.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "cwd_hooks.py").write_text(textwrap.dedent(GOOD))
+    (conf_dir / "cwd_hooks.py").write_text("raise RuntimeError('the wrong file was loaded')\n")
+    data = {"path": str(project.data)}
+    cfg = project.config("conf/config.yaml", data=data, metrics=["accuracy", "always-one"])
+    for command in ("validate", "run"):
+        args = [command, str(cfg), "--plugin", "cwd_hooks.py"]
+        if command == "run":
+            args += ["--set", "trainer.epochs=1"]
+        proc = run_cli(*args, cwd=elsewhere)
+        assert proc.returncode == 0, proc.stderr
+    # A file beside the config but not in the working directory is not found, and the error
+    # names the path it looked at.
+    (conf_dir / "only_here.py").write_text(textwrap.dedent(GOOD))
+    proc = run_cli("validate", str(cfg), "--plugin", "only_here.py", cwd=elsewhere)
+    assert proc.returncode == 2
+    assert f"local plugin file not found: {elsewhere / 'only_here.py'}" in proc.stderr
+    # plugins.local: relative to the config's folder, whatever the working directory.
+    cfg = project.config("conf/config.yaml", data=data, plugins={"local": ["only_here.py"]})
+    assert run_cli("validate", str(cfg), cwd=elsewhere).returncode == 0
+    # --help says the same.
+    assert "relative path is taken from the working directory" in " ".join(
+        run_cli("run", "--help").stdout.split()
+    )
+
+
 def test_output_to_a_closed_pipe_is_quiet() -> None:
     import subprocess
 
