@@ -36,7 +36,8 @@ def _add_plugin_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE_OR_MODULE",
-        help="load hook implementations from a local .py file or module (repeatable)",
+        help="load hook implementations from a local .py file (a relative path is taken from "
+        "the working directory) or an importable module (repeatable)",
     )
     p.add_argument(
         "--strict-plugins",
@@ -216,10 +217,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from tuneforge.data import check_data_path
     from tuneforge.pipeline import predict
 
-    if not args.input.exists():
-        raise UserError(f"input file not found: {args.input}")
+    # A FIFO or a device is refused before it is opened (the task decides about folders).
+    check_data_path(args.input, "input file", folder_ok=True)
     predict(args.run_dir, args.input, args.output, Console(), args.disable_plugin, args.plugin)
     return 0
 
@@ -314,11 +316,21 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if getattr(args, "plugin_command", None) is not None:
             return int(args.plugin_command.run(args) or 0)
-        return HANDLERS[args.command](args)
+        try:
+            return HANDLERS[args.command](args)
+        except SystemExit as exc:  # tuneforge never calls sys.exit(): plugin code did
+            from tuneforge.errors import PluginError
+            from tuneforge.manager import describe_exception, plugin_failure
+
+            named = plugin_failure(exc)
+            raise named or PluginError(
+                f"a plugin {describe_exception(exc)} during {args.command}"
+            ) from exc
     except (UserError, RegistryError) as exc:
         if debug:
             traceback.print_exc()
-        print(f"tuneforge: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split("\n"))  # one line, whatever the raiser wrote
+        print(f"tuneforge: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `tuneforge plugins | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -328,12 +340,16 @@ def main(argv: list[str] | None = None) -> int:
         print("tuneforge: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        from tuneforge.manager import describe_exception, plugin_failure
+
         if debug:
             traceback.print_exc()
-        print(
-            f"tuneforge: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
+        named = plugin_failure(exc)  # raised in a third-party plugin's code: its bug, not ours
+        if named is not None:
+            print(f"tuneforge: error: {named}", file=sys.stderr)
+            return 2
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        print(f"tuneforge: internal error: {describe_exception(exc)}{hint}", file=sys.stderr)
         return 1
 
 

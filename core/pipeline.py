@@ -30,9 +30,9 @@ from tuneforge.config import (
 )
 from tuneforge.console import Console
 from tuneforge.data import TaskData, WeightedExamples, class_list
-from tuneforge.errors import ConfigError, DataError, UserError
+from tuneforge.errors import ConfigError, DataError, PluginError, UserError
 from tuneforge.manager import PluginManager
-from tuneforge.run import RunContext, RunFolder, atomic_write_text
+from tuneforge.run import RunContext, RunFolder, RunLock, storage_error
 from tuneforge.sampling import is_main_process, process_count, process_rank
 from tuneforge.secrets import mask_tree
 from tuneforge.split import Split, make_split
@@ -65,8 +65,9 @@ class Prepared:
 
 
 def resolve_local(spec: str, base_dir: Path | None) -> str:
-    """A local plugin ``.py`` path made absolute (module names are left alone)."""
-    if not spec.endswith(".py") or base_dir is None:
+    """A local plugin file path (``.py``, or any path with a ``/``) made absolute against
+    ``base_dir``; module names are left alone."""
+    if not (spec.endswith(".py") or "/" in spec or os.sep in spec) or base_dir is None:
         return spec
     path = Path(spec).expanduser()
     return str(path if path.is_absolute() else (base_dir / path).resolve())
@@ -79,6 +80,12 @@ def make_plugin_manager(
     local: list[str] = (),
     strict: bool | None = None,
 ) -> PluginManager:
+    """The plugin manager for a command.
+
+    ``plugins.local`` paths of the config are relative to ``base_dir`` (the config's folder);
+    ``--plugin`` paths given on the command line are relative to the working directory, as
+    every command-line path is.
+    """
     dis = list(disable) + (cfg.plugins.disable if cfg else [])
     loc = [resolve_local(s, base_dir) for s in (cfg.plugins.local if cfg else [])]
     loc += [resolve_local(s, Path.cwd()) for s in local]
@@ -471,7 +478,6 @@ def train(
     hook = prep.pm.hook if main else _NoHooks()
     try:
         hook.on_run_start(run=ctx)  # a logger that cannot connect fails here: nothing is kept
-        folder.training_started = True
         from tuneforge.trainer import Trainer
 
         trainer = Trainer(cfg.trainer, console=log)
@@ -554,6 +560,9 @@ def train(
                 )
             hook.on_log(run=ctx, step=step, values=values)
 
+        # Set-up is over (tokenizer, datasets, model, loss): a failure before this point, such as
+        # a missing model.checkpoint folder, is a config error and leaves nothing behind.
+        folder.training_started = True
         result = trainer.fit(
             model,
             train_set,
@@ -613,10 +622,20 @@ def train(
 
 
 def end_run(prep: Prepared, ctx: RunContext, metrics: dict[str, Any], status: str) -> None:
-    """Call ``on_run_end``, then release the run's callbacks (registered in :func:`train`)."""
+    """Call ``on_run_end``, then release the run's callbacks (registered in :func:`train`).
+
+    For a run that is already failing (``failed``, ``pruned``), an error raised by an
+    ``on_run_end`` hook is only noted: the run's first error is the one reported.
+    """
     try:
         if is_main_process():
-            prep.pm.hook.on_run_end(run=ctx, metrics=metrics, status=status)
+            try:
+                prep.pm.hook.on_run_end(run=ctx, metrics=metrics, status=status)
+            except Exception as exc:
+                if status not in ("failed", "pruned"):
+                    raise
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                print(f"note: on_run_end also failed: {type(exc).__name__}: {first}", flush=True)
     finally:
         for cb in prep.callbacks:
             if prep.pm.pm.is_registered(cb):
@@ -626,33 +645,35 @@ def end_run(prep: Prepared, ctx: RunContext, metrics: dict[str, Any], status: st
 def finish(
     outcome: Outcome, prep: Prepared, log: Log, started: float, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Evaluate the best checkpoint on test once, write metrics and commit the folder."""
+    """Evaluate the best checkpoint on test once, write metrics and commit the folder.
+
+    ``run.json`` says ``completed`` only under the final name (written just after the rename),
+    so a folder killed before that never claims it; the run's last hooks (report, loggers) see
+    the committed folder, still under the run's lock.
+    """
     import torch
 
     assert outcome.evaluate_test is not None
+    folder = outcome.folder
     try:
         test, predictions = outcome.evaluate_test()
-    except BaseException:
-        end_run(prep, outcome.context, {}, "failed")
-        raise
-    metrics = {**outcome.train_metrics, "test": test, **(extra or {})}
-    folder = outcome.folder
-    folder.write_json("metrics.json", metrics)
-    atomic_write_text(folder.path / "predictions_test.csv", predictions.to_csv(index=False))
-    for name, value in test.items():
-        folder.log_history(
-            {
-                "step": None,
-                "epoch": None,
-                "split": "test",
-                "name": name,
-                "value": value,
-                "time": time.time(),
-            }
-        )
-    folder.write_json(
-        "run.json",
-        {
+        metrics = {**outcome.train_metrics, "test": test, **(extra or {})}
+        folder.write_json("metrics.json", metrics)
+        folder.write_text("predictions_test.csv", predictions.to_csv(index=False))
+        for name, value in test.items():
+            folder.log_history(
+                {
+                    "step": None,
+                    "epoch": None,
+                    "split": "test",
+                    "name": name,
+                    "value": value,
+                    "time": time.time(),
+                }
+            )
+        processes = process_count()
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)
+        info = {
             "status": "completed",
             "tuneforge": tuneforge.__version__,
             "task": prep.config.task,
@@ -664,13 +685,21 @@ def finish(
             "device": "cuda"
             if torch.cuda.is_available() and prep.config.trainer.device != "cpu"
             else "cpu",
+            "processes": processes,
+            "machines": max(1, processes // max(1, per_machine)),
             "plugins": sorted(
                 i.name for i in prep.pm.infos.values() if not i.disabled and not i.error
             ),
-        },
-    )
-    end_run(prep, outcome.context, test, "completed")
-    final = folder.commit()
+        }
+        final = folder.commit(info, keep_lock=True)
+    except BaseException:
+        end_run(prep, outcome.context, {}, "failed")
+        raise
+    outcome.context.run_dir = final
+    try:
+        end_run(prep, outcome.context, test, "completed")
+    finally:
+        folder.release()
     shown = "  ".join(f"{k} {v:.4f}" for k, v in test.items())
     log.result(f"test: {shown}")
     log.result(f"run folder: {final}")
@@ -716,8 +745,10 @@ def run(
             return folder.final
         return finish(outcome, prep, log, started)
     except BaseException as exc:
-        close_failed(folder, exc, log)
-        raise
+        error = close_failed(folder, exc, log)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def _check_same_split(path: Path, split: Split, train_rows: np.ndarray, source: str) -> None:
@@ -808,35 +839,47 @@ def resume_run(
     if process_count() > 1:
         raise UserError("--resume runs in one process (multi-process runs keep no training state)")
     source, final = find_resumable(run_dir)
-    steps = step_dirs(source / STATE_DIR)
-    if not steps:
-        raise UserError(f"{source / 'state'}: no training-state checkpoint; nothing to resume")
-    state = read_checkpoint(steps[-1][1])  # a truncated or missing file is named here
-    config_file = source / "config.yaml"
-    if config_file.is_file() and "***" in config_file.read_text(errors="replace"):
-        raise UserError(
-            f"{source / 'config.yaml'}: holds masked passwords (***), which a resumed run "
-            "cannot use; start the run again from its own config"
-        )
+    # One process at a time continues a run: a second --resume (or a new run of the same
+    # output.dir) stops here with a one-line error naming the process that holds it.
+    lock = RunLock(final)
     try:
-        cfg = build_config(read_yaml(source / "config.yaml"))
-    except ConfigError as exc:
-        raise UserError(f"{source / 'config.yaml'}: {exc}") from None
-    if cfg.tuner is not None or (cfg.model is not None and cfg.model.candidates):
-        raise UserError(f"{source}: a study (tuner or model.candidates) cannot be resumed")
-    run_info = state.get("run", {})
-    base_dir = Path(run_info.get("base_dir") or source)
-    cfg.output.dir = final
-    pm = make_plugin_manager(cfg, base_dir, disable, local, strict)
-    prep = prepare(cfg, base_dir, pm)
-    folder = RunFolder.adopt(source, final, run_info.get("history_bytes"))
+        source, final = find_resumable(run_dir)  # again, now that nobody else can move it
+        steps = step_dirs(source / STATE_DIR)
+        if not steps:
+            raise UserError(f"{source / 'state'}: no training-state checkpoint; nothing to resume")
+        # Before anything moves: every file's size and SHA-256, the state's checksum, and that
+        # each part decodes; a damaged, missing or extra file is refused here, naming it.
+        state = read_checkpoint(steps[-1][1])
+        config_file = source / "config.yaml"
+        if config_file.is_file() and "***" in config_file.read_text(errors="replace"):
+            raise UserError(
+                f"{source / 'config.yaml'}: holds masked passwords (***), which a resumed run "
+                "cannot use; start the run again from its own config"
+            )
+        try:
+            cfg = build_config(read_yaml(source / "config.yaml"))
+        except ConfigError as exc:
+            raise UserError(f"{source / 'config.yaml'}: {exc}") from None
+        if cfg.tuner is not None or (cfg.model is not None and cfg.model.candidates):
+            raise UserError(f"{source}: a study (tuner or model.candidates) cannot be resumed")
+        run_info = state.get("run", {})
+        base_dir = Path(run_info.get("base_dir") or source)
+        cfg.output.dir = final
+        pm = make_plugin_manager(cfg, base_dir, disable, local, strict)
+        prep = prepare(cfg, base_dir, pm)
+        folder = RunFolder.adopt(source, final, run_info.get("history_bytes"), lock=lock)
+    except BaseException:
+        lock.release()
+        raise
     log(f"resuming {final.name} from {source.name}/state/{steps[-1][1].name}")
     try:
         outcome = train(prep, folder, log, resume=folder.path / STATE_DIR / steps[-1][1].name)
         return finish(outcome, prep, log, float(run_info.get("started") or time.time()))
     except BaseException as exc:
-        close_failed(folder, exc, log)
-        raise
+        error = close_failed(folder, exc, log)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def with_model_selection(cfg: RunConfig) -> RunConfig:
@@ -890,6 +933,12 @@ class ReplicaFolder(RunFolder):
         self.final = Path(final).resolve()
         self.path = self.final.parent / f".{self.final.name}.partial-rank{process_rank()}"
         self.training_started = False
+        self.resumed = False
+        self.committed = False
+        self.overwrite = overwrite
+
+    def write_text(self, name: str, text: str) -> None:
+        pass
 
     def write_json(self, name: str, obj: Any) -> None:
         pass
@@ -900,8 +949,12 @@ class ReplicaFolder(RunFolder):
     def log_history(self, record: dict[str, Any]) -> None:
         pass
 
-    def commit(self) -> Path:
+    def commit(self, info: dict[str, Any] | None = None) -> Path:
+        self.committed = True
         return self.final
+
+    def release(self) -> None:
+        pass
 
     def abort(self) -> None:
         pass
@@ -910,18 +963,106 @@ class ReplicaFolder(RunFolder):
         return self.final
 
 
-def close_failed(folder: RunFolder, exc: BaseException, log: Log) -> None:
-    """A failure before training leaves nothing; a crash during training keeps what it logged."""
-    if folder.training_started:
-        kept = folder.fail(exc)
+def close_failed(folder: RunFolder, exc: BaseException, log: Log) -> BaseException:
+    """A failure before training leaves nothing; a crash during training keeps what it logged.
+
+    Returns the exception to raise: ``exc``, or a one-line :class:`UserError` when it is a
+    file-system failure (read-only, full, not a folder...) of the run folder. A folder
+    committed already stays as it is; the run's lock is released in every case.
+    """
+    error = storage_error(exc, folder.final) or exc
+    if folder.committed:
+        folder.release()
+    elif folder.training_started:
+        kept = folder.fail(error)
         log.result(f"the run failed; what it logged is kept in {kept}")
     else:
         folder.abort()
+    return error
 
 
 def _space_probes(dist: Any) -> list[Any]:
     kind = dist.kind
     return list(dist.choice) if kind == "choice" else list(getattr(dist, kind))
+
+
+def _study_summary(trials: list[Trial], sign: int) -> dict[str, Any]:
+    """The study's best completed trial and its trial counts by state."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    done = [
+        t for t in trials if t.state == "complete" and t.value is not None and np.isfinite(t.value)
+    ]
+    top = max(done, key=lambda t: (sign * t.value, -t.number)) if done else None
+    best = (
+        None
+        if top is None
+        else {"trial": top.number, "value": top.value, "params": top.params, "run_dir": top.run_dir}
+    )
+    return {"best": best, "counts": {"total": len(trials), **counts}}
+
+
+def _describe_best(best: dict[str, Any], monitor: str) -> str:
+    where = f" ({best['run_dir']})" if best.get("run_dir") else ""
+    return f"trial {best['trial']}: {monitor} {best['value']:.4f} with {best['params']}{where}"
+
+
+def _no_winner(
+    study: RunFolder,
+    trials: list[Trial],
+    summary: dict[str, Any],
+    tuner: str,
+    monitor: str,
+    log: Log,
+) -> Path:
+    """End a study run none of whose own trials completed.
+
+    Failures only: an error. Pruned trials are the tuner at work, not failures: when the study
+    (shared with other workers or earlier runs) has a completed trial, this run has done its
+    share; its folder records its trials and the study's best, with no model of its own, and
+    the exit status is 0. When no trial of the whole study completed, the pruner stopped
+    everything: an error that says so.
+    """
+    pruned = sum(t.state == "pruned" for t in trials)
+    failed = sum(t.state == "failed" for t in trials)
+    if not pruned:
+        raise UserError("every trial failed; see the messages above")
+    mine = f"{pruned} pruned" + (f", {failed} failed" if failed else "")
+    best = summary["best"]
+    if best is None:
+        raise UserError(
+            f"no trial completed ({mine}): the pruner stopped every trial of the study; "
+            "prune later (tuner.warmup_epochs, tuner.startup_trials) or set tuner.pruner: none"
+        )
+    study.write_json(
+        "metrics.json",
+        {
+            "study": {
+                "tuner": tuner,
+                "trials": len(trials),
+                "best_trial": None,
+                "study_best": best,
+                "study_trials": summary["counts"],
+            }
+        },
+    )
+    study.write_json(
+        "run.json",
+        {
+            "status": "pruned",
+            "tuneforge": tuneforge.__version__,
+            "why": f"no trial of this run completed ({mine}); nothing was tested here",
+            "finished": time.time(),
+        },
+    )
+    final = study.commit()
+    log.result(
+        f"no trial of this run completed ({mine}); nothing was tested here. "
+        f"Best trial of the study: {_describe_best(best, monitor)}"
+    )
+    log.result(f"study folder: {final}")
+    return final
 
 
 def run_study(
@@ -944,11 +1085,10 @@ def run_study(
     )
     if not tuner_ref.space:
         raise ConfigError("tuner.space", "empty: give at least one key to search, e.g. trainer.lr")
-    if hasattr(tuner, "validate_space"):
-        try:
-            tuner.validate_space(tuner_ref.space)
-        except ValueError as exc:
-            raise ConfigError("tuner.space", str(exc)) from None
+    try:
+        tuner.validate_space(tuner_ref.space)
+    except ValueError as exc:
+        raise ConfigError("tuner.space", str(exc)) from None
     base_raw = {k: v for k, v in raw.items() if k != "tuner"}
     base_overrides = [(k, v) for k, v in overrides if not k.startswith("tuner")]
     for key, dist in tuner_ref.space.items():
@@ -990,16 +1130,14 @@ def run_study(
             finite = [v for v in trial.intermediate.values() if np.isfinite(v)]
             trial.value = (max if sign > 0 else min)(finite) if finite else None
             trial.state, trial.seconds = "pruned", time.time() - t0
-            folder.write_json(
-                "run.json",
+            folder.commit(
                 {
                     "status": "pruned",
                     "trial": trial.number,
                     "params": trial.params,
                     "why": str(exc),
-                },
+                }
             )
-            folder.commit()
             trial.run_dir = str(study.final / "trials" / f"trial_{trial.number:03d}")
             log(f"trial {trial.number} pruned: {exc}")
             return float("nan")
@@ -1010,14 +1148,29 @@ def run_study(
                 trial.run_dir = str(study.final / "trials" / kept.name)
             else:
                 folder.abort()
+            if isinstance(exc, PluginError):  # a plugin's bug, not this trial's settings: stop
+                raise
             log(f"trial {trial.number} failed: {exc}")
             return float("nan")
-        folder.write_json("metrics.json", outcome.train_metrics)
-        folder.write_json(
-            "run.json", {"status": "trained", "trial": trial.number, "params": trial.params}
-        )
-        folder.commit()
-        end_run(trial_prep, outcome.context, outcome.train_metrics["val"], "trained")
+        except BaseException as exc:  # the study stops: keep what this trial logged
+            error = close_failed(folder, exc, log)
+            if error is exc:
+                raise
+            raise error from exc
+        try:
+            folder.write_json("metrics.json", outcome.train_metrics)
+            info = {"status": "trained", "trial": trial.number, "params": trial.params}
+            outcome.context.run_dir = folder.commit(info, keep_lock=True)
+        except BaseException as exc:
+            end_run(trial_prep, outcome.context, {}, "failed")
+            error = close_failed(folder, exc, log)
+            if error is exc:
+                raise
+            raise error from exc
+        try:
+            end_run(trial_prep, outcome.context, outcome.train_metrics["val"], "trained")
+        finally:
+            folder.release()
         trial.value = outcome.best_value
         trial.state = "complete"
         trial.seconds = time.time() - t0
@@ -1044,7 +1197,7 @@ def run_study(
         ]
         import pandas as pd
 
-        atomic_write_text(study.path / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
+        study.write_text("trials.csv", pd.DataFrame(rows).to_csv(index=False))
         if "model" in tuner_ref.space:  # model selection: a comparison table of the candidates
             table = pd.DataFrame(
                 [
@@ -1059,7 +1212,7 @@ def run_study(
                     for t in trials
                 ]
             )
-            atomic_write_text(study.path / "candidates.csv", table.to_csv(index=False))
+            study.write_text("candidates.csv", table.to_csv(index=False))
             log("model selection:\n" + table.to_string(index=False))
         prep.pm.hook.on_study_end(
             study_dir=study.path,
@@ -1068,12 +1221,16 @@ def run_study(
             monitor=f"val.{prep.monitor}",
             direction=prep.mode,
         )
+        summary = _study_summary(tuner.study_trials() or trials, sign)
         if best["trial"] is None:
-            raise UserError("every trial failed; see the messages above")
+            return _no_winner(study, trials, summary, tuner_ref.name, f"val.{prep.monitor}", log)
         winner: Trial = best["trial"]
         log(
             f"best trial {winner.number}: val.{prep.monitor} {winner.value:.4f} with {winner.params}"
         )
+        study_best = summary["best"]
+        if study_best is not None and study_best["trial"] != winner.number:
+            log(f"best trial of the study: {_describe_best(study_best, f'val.{prep.monitor}')}")
         # The winner's resolved config (absolute paths), ready to run on its own.
         trial_dir = study.path / "trials" / f"trial_{winner.number:03d}"
         best_yaml = yaml.safe_load((trial_dir / "config.yaml").read_text())
@@ -1095,6 +1252,9 @@ def run_study(
                 "trials": len(trials),
                 "best_trial": winner.number,
                 "best_params": winner.params,
+                # The whole study (every worker sharing its storage, earlier runs included).
+                "study_best": summary["best"],
+                "study_trials": summary["counts"],
             }
         }
         if "model" in winner.params:
@@ -1102,8 +1262,10 @@ def run_study(
         outcome.train_metrics = {**outcome.train_metrics, "trial": winner.number}
         return finish(outcome, best["prep"], log, started, extra)
     except BaseException as exc:
-        close_failed(study, exc, log)
-        raise
+        error = close_failed(study, exc, log)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def predict(
@@ -1114,17 +1276,71 @@ def predict(
     disable: list[str] = (),
     local: list[str] = (),
 ) -> Path:
-    """Load a run's checkpoint and write predictions for ``input_path``."""
+    """Load a run's checkpoint and write predictions for ``input_path``.
+
+    A run that did not complete (a ``.failed-`` or ``.partial-`` folder) is used with a warning
+    on stderr naming its best checkpoint so far; one without a checkpoint is refused. The
+    output is checked before any work and written atomically.
+    """
+    import json
+    import re
+    import sys
 
     from tuneforge.config import read_yaml
+    from tuneforge.data import check_output_file, write_table
+    from tuneforge.errors import short  # run.json is user-visible state, maybe damaged
 
-    if not (run_dir / "run.json").is_file() or not (run_dir / "config.yaml").is_file():
-        raise UserError(
-            f"{run_dir} is not a finished tuneforge run folder (no run.json/config.yaml)"
-        )
+    if not run_dir.is_dir():
+        siblings = sorted(p.name for p in run_dir.parent.glob(f".{run_dir.name}.partial-*"))
+        hint = f" (only the unfinished {siblings[0]} beside it)" if siblings else ""
+        raise UserError(f"run folder not found: {run_dir}{hint}")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a tuneforge run folder (no config.yaml)")
+    status, why = None, "no run.json: it was interrupted"
+    if (run_dir / "run.json").is_file():
+        try:
+            record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            status = record.get("status") if isinstance(record, dict) else None
+        except (OSError, ValueError):
+            record = None
+        error = record.get("error") if isinstance(record, dict) else None
+        error = str(error)[:200] if error else ""
+        why = f"run.json status {short(status)}" + (f": {error}" if error else "")
+        if not isinstance(record, dict):
+            why = "run.json is unreadable or not valid JSON"
+    partial = re.match(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$", run_dir.name)
+    if partial and status is None:
+        pid = int(partial["pid"])
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if alive:
+            why = f"it is still running as process {pid}; its checkpoint may change meanwhile"
     ckpt = run_dir / "checkpoint"
     if not ckpt.is_dir():
-        raise UserError(f"{run_dir}: no checkpoint/ folder")
+        if status == "completed":
+            raise UserError(f"{run_dir}: no checkpoint/ folder")
+        raise UserError(
+            f"{run_dir}: the run did not complete ({why}) and saved no best checkpoint "
+            "(no checkpoint/): nothing to predict with"
+        )
+    if status == "trained":  # a tuner's trial: trained and saved, tested by its study
+        pass
+    elif status != "completed":
+        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ckpt.stat().st_mtime))
+        print(
+            f"tuneforge: warning: {run_dir}: the run did not complete ({why}); predicting with "
+            f"its best checkpoint so far, {ckpt} (saved {saved})",
+            file=sys.stderr,
+            flush=True,
+        )
+    if output is None:
+        output = run_dir / "predictions" / f"{input_path.stem}.csv"
+    check_output_file(output, "--output", source=input_path)  # before the model is loaded
     try:
         cfg = build_config(read_yaml(run_dir / "config.yaml"))
     except ConfigError as exc:
@@ -1145,10 +1361,20 @@ def predict(
         instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
         for i, r in enumerate(cfg.preprocessors)
     ]
-    import json
-
-    labels = json.loads((run_dir / "labels.json").read_text())
+    labels_path = run_dir / "labels.json"
+    try:
+        labels = json.loads(labels_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{run_dir}: no labels.json; not a complete run folder") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+        raise UserError(f"{labels_path}: unreadable ({reason})") from None
+    classes = labels.get("classes") if isinstance(labels, dict) else None
+    if not isinstance(labels, dict) or not isinstance(classes, (list, type(None))):
+        raise UserError(f"{labels_path}: not a labels file (a JSON object with a classes list)")
     frame = task.load_inputs(input_path, cfg.data)
+    if len(frame) == 0:
+        raise DataError(f"{input_path}: no data rows to predict on (only a header?)")
     from tuneforge.trainer import Trainer
 
     trainer_cfg = cfg.trainer.model_copy()
@@ -1161,29 +1387,24 @@ def predict(
     )
     y_pred, y_score = task.predictions(logits)
     out = frame.copy()
-    classes = labels.get("classes")
     if classes:
+        if y_score is None or np.ndim(y_score) != 2 or y_score.shape[1] != len(classes):
+            raise UserError(
+                f"{labels_path}: {len(classes)} classes, but the checkpoint {ckpt} predicts "
+                f"{'no' if y_score is None else np.shape(y_score)[-1]} class scores: the run "
+                "folder's files do not belong together"
+            )
         out["prediction"] = [classes[i] for i in y_pred]
         for j, c in enumerate(classes):
             out[f"prob_{c}"] = y_score[:, j]
     elif np.ndim(y_pred) == 2:  # several targets: prediction_<column> each
         names = labels.get("label_column")
-        names = names if isinstance(names, list) else range(y_pred.shape[1])
+        names = names if isinstance(names, list) else []
+        names = names if len(names) == y_pred.shape[1] else range(y_pred.shape[1])
         for j, name in enumerate(names):
             out[f"prediction_{name}"] = y_pred[:, j]
     else:
         out["prediction"] = y_pred
-    if output is None:
-        output = run_dir / "predictions" / f"{input_path.stem}.csv"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    suffix = output.suffix.lower()
-    if suffix == ".jsonl":
-        atomic_write_text(output, out.to_json(orient="records", lines=True))
-    elif suffix in (".parquet", ".pq"):
-        tmp = output.with_name(f".{output.name}.tmp")
-        out.to_parquet(tmp)
-        tmp.replace(output)
-    else:
-        atomic_write_text(output, out.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
+    write_table(out, output, "--output")
     log.result(f"wrote {len(out)} predictions to {output}")
     return output

@@ -25,19 +25,29 @@ imported inside the methods that need them. A missing package is reported when t
 resolved, before anything is written: ``callbacks[1]: tensorboard: needs the package
 'tensorboard' (pip install tensorboard)``.
 
+The csv ``file`` and a relative tensorboard ``log_dir`` are :data:`tuneforge.run.RunPath`
+parameters: inside the run folder, checked when the config is read (``callbacks[0].file: ...``) and
+again, symbolic links resolved, when the file is opened (:func:`tuneforge.run.confined`). The MLflow
+tracking store and an absolute tensorboard ``log_dir`` are outside it on purpose: stores shared by
+many runs, which only ever add to them.
+
 Passwords in tracking URIs (``postgresql://user:secret@host/db``) are masked as ``***``
 everywhere the loggers print or store them: see :func:`mask_uri` and :func:`mask_secrets`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import os
 import re
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -50,27 +60,12 @@ from tuneforge import hookimpl
 from tuneforge.components import Component, StrictConfig
 from tuneforge.errors import UserError
 from tuneforge.hookspecs import Register
-from tuneforge.run import RunContext
+from tuneforge.run import RunContext, RunPath, confined, inside_problem
 from tuneforge.secrets import mask_secrets, mask_uri
 
 # -- masking secrets ------------------------------------------------------------------------
 
 # -- helpers --------------------------------------------------------------------------------
-
-#: Files of the run folder a logger must not overwrite.
-_RUN_FILES = frozenset(
-    {
-        "config.yaml",
-        "findings.json",
-        "split.json",
-        "labels.json",
-        "metrics.json",
-        "run.json",
-        "history.jsonl",
-        "predictions_test.csv",
-        "checkpoint",
-    }
-)
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -185,11 +180,6 @@ class _Logger(Component):
         if status == "completed" and metrics and not self._test_logged:
             self._log_split("test", metrics)
 
-    @staticmethod
-    def _in_run_folder(run: RunContext, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else Path(run.run_dir) / p
-
 
 # -- csv ------------------------------------------------------------------------------------
 
@@ -204,21 +194,11 @@ class CsvLogger(_Logger):
     COLUMNS = ("step", "epoch", "split", "name", "value", "time")
 
     class Config(StrictConfig):
-        file: str = Field(
+        file: RunPath = Field(
             "metrics.csv",
             min_length=1,
-            description="the CSV file, relative to the run folder (or an absolute path)",
+            description="the CSV file, relative to the run folder and inside it",
         )
-
-        @field_validator("file")
-        @classmethod
-        def _not_a_run_file(cls, value: str) -> str:
-            path = Path(value)
-            if not path.is_absolute() and path.parts and path.parts[0] in _RUN_FILES:
-                raise PydanticCustomError(
-                    "run_file", "{file} belongs to the run folder itself", {"file": path.parts[0]}
-                )
-            return value
 
     def __init__(self, config: StrictConfig | None = None) -> None:
         super().__init__(config)
@@ -228,10 +208,12 @@ class CsvLogger(_Logger):
 
     @hookimpl
     def on_run_start(self, run: RunContext) -> None:
-        self.path = self._in_run_folder(run, self.config.file)
+        self.path = confined(Path(run.run_dir), self.config.file, "csv logger: file")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("w", encoding="utf-8", newline="")
+            # O_NOFOLLOW: a link planted at the file itself is not written through.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+            self._fh = open(os.open(self.path, flags, 0o666), "w", encoding="utf-8", newline="")  # noqa: SIM115
         except OSError as exc:
             raise UserError(f"csv logger: cannot write {self.path}: {exc.strerror}") from None
         self._writer = csv.writer(self._fh)
@@ -304,8 +286,9 @@ class TensorBoardLogger(_Logger):
         log_dir: str = Field(
             "tensorboard",
             min_length=1,
-            description="event-file folder relative to the run folder; an absolute folder is "
-            "shared by many runs, each writing to a sub-folder named after its run",
+            description="event-file folder relative to the run folder (and inside it); an "
+            "absolute folder is a store shared by many runs, each adding its own event files "
+            "to a sub-folder named after its run",
         )
         flush_secs: int = Field(30, ge=1, description="how often pending events are written")
 
@@ -317,6 +300,10 @@ class TensorBoardLogger(_Logger):
                 problem = _writable_dir_problem(path)
                 if problem:
                     raise PydanticCustomError("log_dir", "not writable: {p}", {"p": problem})
+                return value
+            problem = inside_problem(value)  # a relative folder stays inside the run folder
+            if problem is not None:
+                raise PydanticCustomError("run_path", "{problem}", {"problem": problem})
             return value
 
     def __init__(self, config: StrictConfig | None = None) -> None:
@@ -332,9 +319,10 @@ class TensorBoardLogger(_Logger):
         except ImportError as exc:
             raise UserError(f"tensorboard logger: {exc} (pip install tensorboard)") from None
         path = Path(self.config.log_dir).expanduser()
-        self.log_dir = (
-            path / Path(run.final_dir).name if path.is_absolute() else Path(run.run_dir) / path
-        )
+        if path.is_absolute():  # a shared store: event files never overwrite one another
+            self.log_dir = path / Path(run.final_dir).name
+        else:
+            self.log_dir = confined(Path(run.run_dir), self.config.log_dir, "tensorboard: log_dir")
         try:
             self._writer = SummaryWriter(str(self.log_dir), flush_secs=self.config.flush_secs)
         except OSError as exc:
@@ -393,6 +381,26 @@ class TensorBoardLogger(_Logger):
 
 _MLFLOW_STATUS = {"completed": "FINISHED", "trained": "FINISHED", "failed": "FAILED"}
 _ARTIFACTS = ("config.yaml", "metrics.json", "findings.json", "split.json", "labels.json")
+
+
+@contextlib.contextmanager
+def _quiet_store() -> Iterator[None]:
+    """Silence MLflow's and its database layer's own logging and warnings while connecting.
+
+    An unreachable store makes them log multi-line warnings with tracebacks before the
+    exception that the logger turns into its one-line error.
+    """
+    loggers = [logging.getLogger(n) for n in ("mlflow", "alembic", "sqlalchemy")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _default_tracking_uri() -> str:
@@ -471,25 +479,26 @@ class MlflowLogger(_Logger):
 
         name = self.config.experiment
         try:
-            client = MlflowClient(tracking_uri=uri)
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                experiment_id = client.create_experiment(name)
-            elif experiment.lifecycle_stage != "active":
-                raise UserError(
-                    f"mlflow logger: experiment {name!r} at {self.masked_uri} is deleted; "
-                    "restore it or choose another experiment"
+            with _quiet_store():
+                client = MlflowClient(tracking_uri=uri)
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    experiment_id = client.create_experiment(name)
+                elif experiment.lifecycle_stage != "active":
+                    raise UserError(
+                        f"mlflow logger: experiment {name!r} at {self.masked_uri} is deleted; "
+                        "restore it or choose another experiment"
+                    )
+                else:
+                    experiment_id = experiment.experiment_id
+                tags = {"tuneforge.task": run.task, "tuneforge.run_folder": str(run.final_dir)}
+                if run.trial is not None:
+                    tags["tuneforge.trial"] = str(run.trial)
+                created = client.create_run(
+                    experiment_id,
+                    run_name=self.config.run_name or Path(run.final_dir).name,
+                    tags=tags,
                 )
-            else:
-                experiment_id = experiment.experiment_id
-            tags = {"tuneforge.task": run.task, "tuneforge.run_folder": str(run.final_dir)}
-            if run.trial is not None:
-                tags["tuneforge.trial"] = str(run.trial)
-            created = client.create_run(
-                experiment_id,
-                run_name=self.config.run_name or Path(run.final_dir).name,
-                tags=tags,
-            )
         except UserError:
             raise
         except Exception as exc:

@@ -85,7 +85,9 @@ def test_two_process_run_matches_one_process_run(project) -> None:
     assert all(math.isfinite(v) for v in [*loss1.values(), *loss2.values()])
     metrics = json.loads((runs / "two" / "metrics.json").read_text())
     assert math.isfinite(metrics["test"]["loss"]) and metrics["epochs_run"] == 2
-    assert json.loads((runs / "two" / "run.json").read_text())["status"] == "completed"
+    info = json.loads((runs / "two" / "run.json").read_text())
+    assert info["status"] == "completed" and info["processes"] == 2 and info["machines"] == 1
+    assert json.loads((runs / "one" / "run.json").read_text())["processes"] == 1
     # the history is written once (not once per process)
     assert len([ln for ln in (runs / "two" / "history.jsonl").read_text().splitlines()]) == len(
         [ln for ln in (runs / "one" / "history.jsonl").read_text().splitlines()]
