@@ -16,6 +16,9 @@ bs 128, channels_last, uint8 images normalised on the GPU).
     python bench/trainer_speed.py --cases minilm bert-var  # some cases
     python bench/trainer_speed.py --mfu-sweep 32 64 128 256  # BERT-base MFU as the batch grows
     python bench/trainer_speed.py --smoke                  # CPU: tiny shapes, few steps, end to end
+
+``bench/gpu_check.py`` runs it on the GPU machine with the other GPU checks and reads its JSON
+lines (every measurement as it is made, so a run cut short still reports what it measured).
 """
 
 from __future__ import annotations
@@ -162,9 +165,10 @@ def text_case(anchor: Any, name: str, args: Any) -> dict[str, float]:
         measure("tight_compiled", lambda: anchor.tight(shape, bs, seqlen, variable, True))
     if shape == "bert-base":
         tokens = statistics.fmean(rows.lengths)  # useful (non-pad) tokens per sample
+        model = anchor.bert(shape)
         for label, sps in out.items():
             if label.startswith("tuneforge"):
-                say(**case, run=label, **mfu(anchor.bert(shape), sps, tokens, args))
+                say(**case, run=label, **mfu(model, sps, tokens, args))
     return out
 
 
@@ -258,18 +262,23 @@ def effnet_case(anchor: Any, args: Any) -> dict[str, float]:
 
 
 def summary(name: str, out: dict[str, float]) -> None:
+    """The case's ratios, as a line of text and a JSON line (``summary: true``)."""
     ours = max((v for k, v in out.items() if k.startswith("tuneforge")), default=None)
     if ours is None:
         return
     parts = [f"{name}: tuneforge {ours:,.0f} samples/s"]
+    figures: dict[str, Any] = {"case": name, "summary": True, "tuneforge": ours}
     hf = max((v for k, v in out.items() if k.startswith("hf_trainer")), default=None)
     if hf:
         parts.append(f"{ours / hf:.2f}x the best HF Trainer ({hf:,.0f}; target >= 1.2)")
+        figures.update(best_hf_trainer=hf, ratio_to_best_hf_trainer=round(ours / hf, 3))
     tight = max((v for k, v in out.items() if "tight" in k), default=None)
     if tight:
         target = "; target >= 0.9" if name == "effnet" else ""
         parts.append(f"{ours / tight:.2f}x the best tight loop ({tight:,.0f}{target})")
+        figures.update(best_tight=tight, ratio_to_best_tight=round(ours / tight, 3))
     print("  ".join(parts), flush=True)
+    say(**figures)
 
 
 def main() -> None:

@@ -579,3 +579,22 @@ def test_image_regression_learns_brightness_and_predicts_in_target_units(tmp_pat
         trainer={"monitor": "rmse"},
     )
     assert "data.path: image-regression needs a table" in one_line_error(run_cli("run", str(bad)))
+
+
+def test_a_channels_last_model_saves_in_the_default_layout(tmp_path: Path) -> None:
+    """On CUDA the model trains in channels_last; safetensors refuses such weights as they are."""
+    import torch
+
+    from tuneforge.plugins.image.timm_model import TimmModel
+
+    builder = TimmModel(TimmModel.Config(architecture="resnet18"))
+    model = builder.build(3)
+    model.model.to(memory_format=torch.channels_last)
+    model._channels_last = True  # what forward() does on the first CUDA batch
+    builder.save(model, tmp_path, ["a", "b", "c"], {"input_size": (3, 32, 32)})
+    reloaded, _ = builder.load(tmp_path)
+    for (name, a), b in zip(
+        model.model.state_dict().items(), reloaded.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert model.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)

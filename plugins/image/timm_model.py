@@ -398,13 +398,24 @@ class TimmModel(ModelBuilder):
             "num_classes": len(label_names),
         }
         args = {"in_chans": self.config.in_chans, **self.config.model_args}
-        save_for_hf(
-            inner,
-            folder,
-            model_config={"label_names": label_names},
-            model_args=args,
-            safe_serialization=True,
-        )
+        import torch
+
+        # On CUDA the model trains in channels_last, whose 4-D weights are not contiguous:
+        # safetensors refuses those, so the weights are saved in the default layout.
+        channels_last = model._channels_last
+        if channels_last:
+            inner.to(memory_format=torch.contiguous_format)
+        try:
+            save_for_hf(
+                inner,
+                folder,
+                model_config={"label_names": label_names},
+                model_args=args,
+                safe_serialization=True,
+            )
+        finally:
+            if channels_last:
+                inner.to(memory_format=torch.channels_last)
 
     def load(self, folder: Path) -> tuple[Any, dict[str, Any]]:
         """The model saved by :meth:`save` and its saved preprocessing config."""
