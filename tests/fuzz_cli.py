@@ -26,6 +26,7 @@ import signal
 import string
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +188,9 @@ def data_file(draw: Any) -> tuple[bytes, str]:
             )
         )
         return "\n".join(lines).encode("utf-8"), ".jsonl"
-    sep = draw(st.sampled_from([",", ";", "\t", "|"]))
+    sep = draw(st.sampled_from([",", ",", ",", ";", "\t", "|"]))
     header = draw(
-        st.sampled_from([["text", "label"], ["label", "text"], ["text"], ["a", "b", "c"]])
+        st.sampled_from([["text", "label"]] * 4 + [["label", "text"], ["text"], ["a", "b", "c"]])
     )
     good = draw(st.booleans())
     rows = []
@@ -198,7 +199,8 @@ def data_file(draw: Any) -> tuple[bytes, str]:
             list(r) if header[0] == "text" else list(r)[::-1]
             for r in make_texts(draw(st.integers(0, 60)), seed=draw(st.integers(0, 9)))
         ]
-    rows += draw(st.lists(st.lists(CELL, max_size=5), max_size=10))
+    if not good or draw(st.booleans()):  # junk rows: other widths, quotes, separators
+        rows += draw(st.lists(st.lists(CELL, max_size=5), max_size=10))
     if kind == "huge":
         size = draw(st.sampled_from([100_000, 1_500_000, 3_000_000]))
         rows.append(["word " * (size // 5), "billing"])
@@ -210,7 +212,7 @@ def data_file(draw: Any) -> tuple[bytes, str]:
         return c
 
     text = "\n".join(sep.join(cell(c) for c in row) for row in [header, *rows]) + "\n"
-    encoding = draw(st.sampled_from(["utf-8", "utf-8", "latin-1", "utf-16", "cp1252"]))
+    encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "latin-1", "utf-16", "cp1252"]))
     return text.encode(encoding, errors="replace"), ".tsv" if sep == "\t" else ".csv"
 
 
@@ -222,6 +224,7 @@ class Fuzz:
         self.model = tiny_checkpoint(work / "tiny-bert", "bert")
         self.good = write_csv(work / "good.csv", make_texts(60, seed=3))
         self.n = 0
+        self.outcomes: Counter[str] = Counter()
 
     def base(self, data_path: str) -> dict[str, Any]:
         return {
@@ -268,6 +271,9 @@ class Fuzz:
         what = f"case {case.name} ({command}, {seconds:.1f}s): rc {rc}\n{stderr[-2000:]}"
         assert rc in (0, 2), what
         assert "Traceback" not in stderr and "internal error" not in stderr, what
+        self.outcomes[f"{command} exit {rc}"] += 1
+        if os.environ.get("TUNEFORGE_FUZZ_VERBOSE"):
+            print(f"{case.name} {command} rc {rc}: {stderr.strip()[-200:]}", file=sys.__stdout__)
         outdir = case / "out"
         if rc == 2:
             errors = [ln for ln in stderr.splitlines() if ln.startswith("tuneforge: error:")]
@@ -310,8 +316,8 @@ def main() -> int:
     @common
     @given(
         data=data_file(),
-        special=st.sampled_from(["", "", "", "", "fifo", "/dev/zero", "folder", "missing"]),
-        fmt=st.sampled_from(["auto", "auto", "csv", "tsv", "jsonl", "parquet"]),
+        special=st.sampled_from([""] * 8 + ["fifo", "/dev/zero", "folder", "missing"]),
+        fmt=st.sampled_from(["auto"] * 6 + ["csv", "tsv", "jsonl", "parquet"]),
         command=st.sampled_from(["run", "validate"]),
     )
     def data_files(data: tuple[bytes, str], special: str, fmt: str, command: str) -> None:
@@ -333,6 +339,7 @@ def main() -> int:
     configs()
     data_files()
     print(f"fuzz: {fuzz.n} examples held in {time.time() - started:.0f}s (seed {args.seed})")
+    print("fuzz outcomes: " + ", ".join(f"{k}: {v}" for k, v in sorted(fuzz.outcomes.items())))
     return 0
 
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import peak_memory_run
 
 HERE = Path(__file__).parent
-EXAMPLES = int(os.environ.get("TUNEFORGE_FUZZ_EXAMPLES", "110"))  # per property (two of them)
+EXAMPLES = int(os.environ.get("TUNEFORGE_FUZZ_EXAMPLES", "250"))  # per property (two of them)
 MAX_SECONDS = 170  # the whole fuzz run; CI's budget for it is 3 minutes
 DEFAULT_SEED = 20261201
 MAX_RSS_MB = 3000  # peak memory of the fuzzing process (torch, the tiny model and the examples)
