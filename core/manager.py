@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
@@ -22,6 +23,7 @@ from tuneforge import PROJECT_NAME, hookspecs
 from tuneforge.errors import PluginError, UserError, short
 from tuneforge.registry import COMPONENT_KINDS, Registries, RegistryError
 from tuneforge.registry.discovery import PluginSource, discover
+from tuneforge.registry.static import scan_plugin
 
 DISABLE_ENV = "TUNEFORGE_DISABLE_PLUGINS"
 STRICT_ENV = "TUNEFORGE_STRICT_PLUGINS"
@@ -40,6 +42,10 @@ class PluginInfo:
     components: dict[str, list[str]] = field(default_factory=dict)
     disabled: bool = False
     error: str | None = None
+    #: plugins this one declares it needs (its module's ``requires = [...]``)
+    requires: list[str] = field(default_factory=list)
+    #: why a plugin that was not disabled by name is not loaded (a requirement is missing)
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,12 +58,20 @@ class PluginInfo:
             "components": self.components,
             "disabled": self.disabled,
             "error": self.error,
+            "requires": self.requires,
+            "reason": self.reason,
         }
 
 
 def disabled_from_env() -> list[str]:
     raw = os.environ.get(DISABLE_ENV, "")
     return [n.strip() for n in raw.replace(";", ",").split(",") if n.strip()]
+
+
+def plugin_name_to_disable(name: str) -> str:
+    """A ``--disable-plugin`` value as a plugin name: pytest's ``no:NAME`` form is accepted."""
+    name = name.strip()
+    return name[3:].strip() if name.startswith("no:") else name
 
 
 def strict_from_env() -> bool:
@@ -261,7 +275,10 @@ class PluginManager:
     ) -> None:
         self.pm = HookHost(PROJECT_NAME, self._describe)
         self.pm.add_hookspecs(hookspecs)
-        self.disabled = set(disable) | set(disabled_from_env())
+        self.disabled = {plugin_name_to_disable(n) for n in [*disable, *disabled_from_env()]} - {""}
+        self._disabled_seen: set[str] = set()  # the disabled names that matched a plugin
+        # plugin name -> the components its source registers, for a plugin not loaded
+        self._not_loaded: dict[str, dict[str, list[str]]] = {}
         self.strict = strict_from_env() if strict is None else strict
         self.infos: dict[str, PluginInfo] = {}
         self.registries = Registries()  # filled once every plugin is loaded
@@ -273,7 +290,10 @@ class PluginManager:
                 self._load_entry_point(src)
         for spec in local:
             self.load_local(spec, base_dir=base_dir)
+        self._warn_unknown_disabled()
+        self._drop_unmet_requirements()
         self.registries = self._collect()
+        self._remember_not_loaded(self.registries)
 
     def _describe(self, plugin: object, name: str) -> str:
         """How an error names a registered plugin object: ``plugin 'NAME'``."""
@@ -303,6 +323,11 @@ class PluginManager:
         self.infos[src.name] = info
         if src.name in self.disabled:
             info.disabled = True
+            self._disabled_seen.add(src.name)
+            # Never imported: what it would register is read from its source.
+            static = scan_plugin(src.value, COMPONENT_KINDS)
+            info.requires = static.requires
+            self._not_loaded[src.name] = static.components
             return
         try:
             obj = src.load()
@@ -329,7 +354,16 @@ class PluginManager:
         names = {spec, info.name, path.name} if is_file else {spec}
         if names & self.disabled:
             info.disabled = True
+            self._disabled_seen |= names & self.disabled
             self.infos[info.name] = info
+            if is_file:
+                from tuneforge.registry.static import scan_source
+
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError):
+                    text = ""
+                self._not_loaded[info.name] = scan_source(text, COMPONENT_KINDS).components
             return
         try:
             if is_file:
@@ -387,6 +421,99 @@ class PluginManager:
         )
         if os.environ.get("TUNEFORGE_DEBUG") and exc is not None:
             traceback.print_exception(exc)
+
+    # -- what is disabled, and what that takes with it ---------------------------------------
+    def _warn_unknown_disabled(self) -> None:
+        """A ``--disable-plugin`` name that matches no plugin is a warning with a did-you-mean."""
+        known = sorted(self.infos)
+        for name in sorted(self.disabled - self._disabled_seen - set(self.infos)):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            print(
+                f"tuneforge: warning: --disable-plugin {short(name, 80)}: no plugin has that "
+                f"name; {hint}plugins: {', '.join(known) or 'none'}",
+                file=sys.stderr,
+            )
+
+    def _why_not_loaded(self, name: str) -> str:
+        """``which is disabled (--disable-plugin NAME)`` and the like, for plugin ``name``."""
+        info = self.infos.get(name)
+        if info is None:
+            return "which is not installed"
+        if info.reason:
+            return f"which is not loaded: it {info.reason.removeprefix('it ')}"
+        if info.disabled:
+            return f"which is disabled (--disable-plugin {name})"
+        if info.error:
+            return "which failed to load"
+        return "which is loaded"
+
+    def _drop_unmet_requirements(self) -> None:
+        """Unregister each plugin whose module's ``requires`` names a plugin that is not loaded.
+
+        ``requires = ["regression"]`` at the top of a plugin module declares that it works only
+        with plugin ``regression``. Repeated until nothing changes: a plugin that needs a plugin
+        that was dropped is dropped too. What it registers is remembered for the error.
+        """
+        changed = True
+        while changed:
+            changed = False
+            for info in list(self.infos.values()):
+                plugin = self.pm.get_plugin(info.name)
+                if plugin is None or info.disabled:
+                    continue
+                requires = (
+                    vars(plugin).get("requires", []) if isinstance(plugin, ModuleType) else []
+                )
+                if isinstance(requires, str) or not (
+                    isinstance(requires, list | tuple) and all(isinstance(r, str) for r in requires)
+                ):
+                    info.error = f"requires must be a list of plugin names, got {short(requires)}"
+                    self.pm.unregister(plugin)
+                    self._failed(info, None)
+                    changed = True
+                    continue
+                info.requires = list(requires)
+                missing = [
+                    r
+                    for r in requires
+                    if r not in self.infos
+                    or self.infos[r].disabled
+                    or self.pm.get_plugin(r) is None
+                ]
+                if not missing:
+                    continue
+                need = missing[0]
+                info.reason = f"needs plugin {need!r}, {self._why_not_loaded(need)}"
+                self._not_loaded[info.name] = self._components_of(plugin, info.name)
+                self.pm.unregister(plugin)
+                info.disabled = True
+                changed = True
+
+    def _components_of(self, plugin: object, name: str) -> dict[str, list[str]]:
+        """What ``plugin``'s registration hooks register, into scratch registries (best effort)."""
+        scratch = Registries()
+        for kind in COMPONENT_KINDS:
+            caller = getattr(self.pm.hook, f"register_{kind}")
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin:
+                    # It is not loaded: a failure of its registration is moot.
+                    with contextlib.suppress(Exception, SystemExit):
+                        impl.function(register=scratch[kind].register_fn(name))
+        return scratch.by_plugin(name)
+
+    def _remember_not_loaded(self, regs: Registries) -> None:
+        for name, components in self._not_loaded.items():
+            info = self.infos.get(name)
+            if info is None:
+                continue
+            if info.reason:
+                why = f"which {info.reason}"
+            else:
+                why = f"which is disabled (--disable-plugin {name})"
+            for kind, names in components.items():
+                for component in names:
+                    regs[kind].mark_unavailable(component, f"comes from plugin {name!r}, {why}")
 
     # -- registries -----------------------------------------------------------------------
     def _collect(self) -> Registries:

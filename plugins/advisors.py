@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from tuneforge import hookimpl
-from tuneforge.components import Advisor, Command, Diagnosis, StrictConfig
+from tuneforge.components import Advisor, Command, Diagnosis, FindingKind, StrictConfig
 from tuneforge.hookspecs import Register
 
 
@@ -303,7 +303,11 @@ class DataProblems(Advisor):
         out: list[Diagnosis] = []
         validators = list(run.config.get("validators") or [])
         for f in run.findings:
-            if f.get("kind") == "label-noise" and f.get("count") and f.get("action") == "reported":
+            if (
+                f.get("kind") == FindingKind.LABEL_ISSUE
+                and f.get("count")
+                and f.get("action") == "reported"
+            ):
                 names = [v if isinstance(v, str) else v.get("name") for v in validators]
                 if f.get("validator") in names:
                     i = names.index(f["validator"])
@@ -319,7 +323,7 @@ class DataProblems(Advisor):
                             {key: "down-weight the doubtful rows instead of trusting their labels"},
                         )
                     )
-            if f.get("kind") == "leakage" and f.get("severity") == "error":
+            if f.get("kind") == FindingKind.LEAKAGE and f.get("severity") == "error":
                 out.append(
                     Diagnosis(
                         "leakage",

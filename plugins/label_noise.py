@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from tuneforge import hookimpl
-from tuneforge.components import Finding, Validator, ValidatorConfig
+from tuneforge.components import Finding, FindingKind, Validator, ValidatorConfig
 from tuneforge.data import TaskData
 from tuneforge.errors import DataError
 from tuneforge.hookspecs import Register
@@ -428,7 +428,7 @@ class LabelNoise(Validator):
 
     Policies: ``warn`` reports; ``drop`` removes the flagged rows; ``fail`` stops the run;
     ``down-weight`` reports and puts ``{row: weight}`` (weight = self-confidence, the
-    probability of the given label) in the finding's ``details["weights"]``; the pipeline
+    probability of the given label) in the finding's ``weights``; the pipeline
     multiplies the training loss of those rows by their weight.
     """
 
@@ -472,7 +472,7 @@ class LabelNoise(Validator):
         if present < 2:
             return [
                 Finding(
-                    "label-issue",
+                    FindingKind.LABEL_ISSUE,
                     "info",
                     f"skipped: {present} class among the labelled rows; needs at least two",
                 )
@@ -499,7 +499,7 @@ class LabelNoise(Validator):
         if not rows:
             return [
                 Finding(
-                    "label-issue",
+                    FindingKind.LABEL_ISSUE,
                     "info",
                     f"no likely mislabelled rows among {len(labels)} ({how})",
                     details=details,
@@ -519,8 +519,9 @@ class LabelNoise(Validator):
             for n, r in enumerate(ranked[: max(cfg.max_report, 5)])
         ]
         details["issues"] = issues[: cfg.max_report]
+        weights = None
         if cfg.policy == "down-weight":
-            details["weights"] = {row: float(c) for row, c in zip(rows, conf, strict=True)}
+            weights = {row: float(c) for row, c in zip(rows, conf, strict=True)}
         shown = ", ".join(
             f"{i['row']} (given {i['given']!r}, likely {i['likely']!r}, p={i['p_likely']:.2f})"
             for i in issues[:5]
@@ -529,11 +530,12 @@ class LabelNoise(Validator):
         s = "row" if len(rows) == 1 else "rows"
         return [
             Finding(
-                "label-issue",
+                FindingKind.LABEL_ISSUE,
                 "warning",
                 f"{len(rows)} likely mislabelled {s} ({how}): rows {shown}{more}",
                 rows,
                 details=details,
+                weights=weights,
             )
         ]
 

@@ -13,7 +13,7 @@ import pandas as pd
 from pydantic import Field
 
 from tuneforge import hookimpl
-from tuneforge.components import Finding, Policy, Validator, ValidatorConfig
+from tuneforge.components import Finding, FindingKind, Policy, Validator, ValidatorConfig
 from tuneforge.data import TaskData
 from tuneforge.hookspecs import Register
 
@@ -52,7 +52,7 @@ class Schema(Validator):
                     rows = _rows(bad)
                     out.append(
                         Finding(
-                            "non-text-value",
+                            FindingKind.NON_TEXT_VALUE,
                             "warning",
                             f"column {col!r} holds non-text values in rows {preview(rows)}",
                             rows,
@@ -63,7 +63,7 @@ class Schema(Validator):
             if len(kinds) > 1:
                 out.append(
                     Finding(
-                        "mixed-label-types",
+                        FindingKind.MIXED_LABEL_TYPES,
                         "error",
                         f"label column {data.target!r} mixes value types {sorted(kinds)}",
                         [],
@@ -87,7 +87,7 @@ class Missing(Validator):
                 rows = _rows(bad)
                 out.append(
                     Finding(
-                        "missing-value",
+                        FindingKind.MISSING_VALUE,
                         "warning",
                         f"{len(rows)} rows have no value in column {col!r}: rows {preview(rows)}",
                         rows,
@@ -115,7 +115,7 @@ class EmptyText(Validator):
                 rows = _rows(bad)
                 out.append(
                     Finding(
-                        "empty-text",
+                        FindingKind.EMPTY_TEXT,
                         "warning",
                         f"{len(rows)} empty texts in column {col!r}: rows {preview(rows)}",
                         rows,
@@ -144,7 +144,7 @@ class Duplicates(Validator):
         groups = int(frame[dup].drop_duplicates().shape[0])
         return [
             Finding(
-                "duplicate",
+                FindingKind.DUPLICATE,
                 "warning",
                 f"{int(extra.sum())} duplicate rows in {groups} groups (same text and label): rows {preview(rows)}",
                 rows,
@@ -179,7 +179,7 @@ class ConflictingLabels(Validator):
             )
         return [
             Finding(
-                "conflicting-labels",
+                FindingKind.CONFLICTING_LABELS,
                 "warning",
                 f"{groups} inputs appear with different labels ({len(rows)} rows): "
                 + "; ".join(examples),
@@ -226,7 +226,7 @@ class ClassSize(Validator):
                 note = "stratified across the splits"
             out.append(
                 Finding(
-                    "small-class",
+                    FindingKind.SMALL_CLASS,
                     "warning",
                     f"class {cls!r} has only {int(n)} rows (< {self.config.min_count}); {note}",
                     rows,
@@ -239,13 +239,15 @@ class ClassSize(Validator):
         unused = [c for c in (data.classes or []) if c not in counts.index]
         if unused:
             out.append(
-                Finding("unused-class", "info", f"declared classes with no rows: {unused}", [])
+                Finding(
+                    FindingKind.UNUSED_CLASS, "info", f"declared classes with no rows: {unused}", []
+                )
             )
         ratio = counts.max() / max(counts.min(), 1)
         if ratio >= 10:
             out.append(
                 Finding(
-                    "imbalance",
+                    FindingKind.IMBALANCE,
                     "warning",
                     f"largest class is {ratio:.0f}x the smallest; consider a balancer",
                     [],

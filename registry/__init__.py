@@ -34,6 +34,37 @@ COMPONENT_KINDS: tuple[str, ...] = (
 )
 
 
+#: Config section -> the component kind its names are looked up in. A section holds one
+#: component reference (``balancer: oversample``) or a list of them (``validators: [...]``).
+SECTION_KINDS: dict[str, str] = {
+    "task": "tasks",
+    "validators": "validators",
+    "balancer": "balancers",
+    "augmenters": "augmenters",
+    "preprocessors": "tokenizers",
+    "tokenizer": "tokenizers",
+    "model": "models",
+    "tuner": "tuners",
+    "metrics": "metrics",
+    "callbacks": "callbacks",
+    "advisors": "advisors",
+}
+
+
+def section_kind(section: str) -> str:
+    """The component kind of a config section: ``section_kind("preprocessors") == "tokenizers"``.
+
+    ``section`` may be a key path (``validators[1].name``): its first part counts.
+    """
+    head = section.split(".", 1)[0].split("[", 1)[0]
+    try:
+        return SECTION_KINDS[head]
+    except KeyError:
+        raise RegistryError(
+            f"config section {head!r} names no component kind; sections: {', '.join(SECTION_KINDS)}"
+        ) from None
+
+
 class RegistryError(Exception):
     """A registration or lookup problem; the message is one line meant for the user."""
 
@@ -83,6 +114,15 @@ class Entry:
                 f"{self.kind[:-1]} {self.name!r} from plugin {self.plugin!r}: Config must be a "
                 "pydantic BaseModel"
             )
+        if cfg.model_config.get("extra") != "forbid":
+            # A plain BaseModel ignores unknown keys: a misspelt parameter would be a silent
+            # default. Refused rather than patched, so the author sees it while writing.
+            raise RegistryError(
+                f"{self.kind[:-1]} {self.name!r} from plugin {self.plugin!r}: its Config "
+                f"{cfg.__qualname__!r} accepts unknown keys (a misspelt parameter would be "
+                "ignored); subclass tuneforge.components.StrictConfig or set model_config = "
+                "ConfigDict(extra='forbid')"
+            )
         return cfg
 
     def summary(self) -> str:
@@ -117,6 +157,8 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        #: names of components that are not loaded -> why (their plugin is disabled...)
+        self._unavailable: dict[str, str] = {}
 
     @property
     def singular(self) -> str:
@@ -139,7 +181,10 @@ class Registry:
                 f"{plugin!r} (disable one of them)"
             )
         entry = Entry(self.kind, name, target, plugin, description)
+        if isinstance(target, type):
+            entry.config_model()  # a class given eagerly: its Config is checked now
         self._entries[name] = entry
+        self._unavailable.pop(name, None)
         return entry
 
     def register_fn(self, plugin: str) -> Callable[..., Entry]:
@@ -163,7 +208,22 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
+            if name in self._unavailable:
+                raise RegistryError(f"{name!r} {self._unavailable[name]}") from None
             raise RegistryError(self.unknown_message(name)) from None
+
+    def mark_unavailable(self, name: str, reason: str) -> None:
+        """Remember ``name`` as a component that is not loaded, and why, for :meth:`get`'s error.
+
+        ``reason`` completes ``'NAME' ...``: ``comes from plugin 'regression', which is
+        disabled (--disable-plugin regression)``. A loaded component of that name wins.
+        """
+        if name not in self._entries:
+            self._unavailable.setdefault(name, reason)
+
+    def unavailable(self) -> dict[str, str]:
+        """Names of components not loaded, and why (see :meth:`mark_unavailable`)."""
+        return {n: r for n, r in sorted(self._unavailable.items()) if n not in self._entries}
 
     def unknown_message(self, name: str) -> str:
         names = sorted(self._entries)
@@ -216,9 +276,11 @@ class Registries:
 
 __all__ = [
     "COMPONENT_KINDS",
+    "SECTION_KINDS",
     "Entry",
     "Registries",
     "Registry",
     "RegistryError",
     "import_string",
+    "section_kind",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import textwrap
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from tuneforge.advice import RunRecord, merge_patches, next_round_dir
+from tuneforge.components import FindingKind
 from tuneforge.plugins.advisors import (
     DataProblems,
     Divergence,
@@ -20,6 +22,7 @@ from tuneforge.plugins.advisors import (
 )
 
 from conftest import one_line_error, run_cli
+from tinymodels import make_texts, write_csv
 
 
 def record(epochs: list[dict[str, float]], **kw) -> RunRecord:
@@ -162,7 +165,7 @@ def test_underfitting_divergence_imbalance_and_data_advisors() -> None:
         [],
         config={"validators": ["schema", {"name": "label-noise", "folds": 3}]},
         findings=[
-            {"kind": "label-noise", "count": 7, "action": "reported", "validator": "label-noise"},
+            {"kind": "label-issue", "count": 7, "action": "reported", "validator": "label-noise"},
             {"kind": "leakage", "severity": "error", "message": "examples shared"},
         ],
     )
@@ -173,6 +176,36 @@ def test_underfitting_divergence_imbalance_and_data_advisors() -> None:
     assert found[1].patch == {"split.group_duplicates": True}
     patch, reasons = merge_patches(found + [found[1]])
     assert list(patch) == ["validators[1]", "split.group_duplicates"]
+
+
+def test_data_problems_fires_on_the_label_noise_validators_real_findings(project) -> None:
+    # Generated texts with 10% of the labels flipped: the real label-noise validator flags
+    # rows, the run records its finding, and refine's data-problems advisor reads that finding.
+    rng = random.Random(3)
+    rows = make_texts(240, seed=1)
+    classes = sorted({y for _, y in rows})
+    for i in rng.sample(range(len(rows)), 24):
+        text, label = rows[i]
+        rows[i] = (text, rng.choice([c for c in classes if c != label]))
+    write_csv(project.root / "data.csv", rows)
+    noise = {"name": "label-noise", "folds": 3, "backend": "tuneforge"}
+    cfg = project.config(validators=["schema", noise], trainer={"epochs": 1})
+    assert run_cli("run", str(cfg), "-q").returncode == 0
+    run = project.root / "runs" / "run"
+    findings = json.loads((run / "findings.json").read_text())["findings"]
+    [found] = [f for f in findings if f["count"]]
+    assert found["kind"] == FindingKind.LABEL_ISSUE == "label-issue"
+    assert found["validator"] == "label-noise" and found["action"] == "reported"
+    proc = run_cli("refine", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert "label-noise" in proc.stdout and "rows look mislabelled" in proc.stdout
+    assert "down-weight" in proc.stdout
+
+    # The same records, read back, give the patch that switches the validator to down-weight.
+    (d,) = DataProblems().diagnose(
+        record([], config={"validators": ["schema", noise]}, findings=[found])
+    )
+    assert d.patch == {"validators[1]": {**noise, "policy": "down-weight"}}
 
 
 def test_next_round_folder_names(tmp_path: Path) -> None:

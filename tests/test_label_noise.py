@@ -201,7 +201,7 @@ def test_down_weight_puts_self_confidence_weights_in_the_finding() -> None:
     config = LabelNoise.Config(policy="down-weight", backend="tuneforge", max_report=3)
     [finding] = LabelNoise(config).check(text_data(rows))
     assert finding.kind == "label-issue" and finding.severity == "warning"
-    weights = finding.details["weights"]
+    weights = finding.weights
     assert set(weights) == set(finding.rows) and all(0 <= w < 0.5 for w in weights.values())
     assert list(weights.values()) == sorted(weights.values())
     assert len(finding.details["issues"]) == 3 and finding.details["backend"] == "tuneforge"
