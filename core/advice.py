@@ -140,6 +140,7 @@ def load_record(run_dir: Path) -> RunRecord:
 
 def describe_components(record: RunRecord, pm: Any) -> None:
     """Fill ``record.fields`` / ``modalities`` / ``augmenters`` from the plugin registries."""
+    from tuneforge.components import Augmenter, Task
     from tuneforge.config import TrainerConfig
 
     regs = pm.registries
@@ -147,21 +148,25 @@ def describe_components(record: RunRecord, pm: Any) -> None:
     model = record.config.get("model") or {}
     name = model.get("name") if isinstance(model, dict) else model
     if name in regs["models"]:
-        target = regs["models"].get(name).load()
-        config = getattr(target, "Config", None)
-        record.fields["model"] = {"name", *(getattr(config, "model_fields", {}) or {})}
+        config = regs["models"].get(name).config_model()  # the declared Config, or an empty one
+        record.fields["model"] = {"name", *config.model_fields}
     inputs = record.labels.get("inputs") or {}
-    task_name = record.config.get("task")
+    task = record.config.get("task")
+    task_name = task.get("name") if isinstance(task, dict) else task  # {name: ..., param: ...}
     roles: dict[str, str] = {}
     if task_name in regs["tasks"]:
-        roles = dict(getattr(regs["tasks"].get(task_name).load(), "roles", {}) or {})
+        target = regs["tasks"].get(task_name).load()  # a class, or a factory: roles unknown
+        if isinstance(target, type) and issubclass(target, Task):
+            roles = dict(target.roles)
     # Run folders record each input's modality; older ones only their roles.
     recorded = record.labels.get("modalities") or {}
     record.modalities = {recorded.get(r) or roles.get(r, r) for r in inputs}
     available = []
     for entry in regs["augmenters"]:
         try:
-            mods = set(getattr(entry.load(), "modalities", ()) or ())
+            target = entry.load()  # a class, or a factory: modalities unknown (any)
+            is_augmenter = isinstance(target, type) and issubclass(target, Augmenter)
+            mods = set(target.modalities) if is_augmenter else set()
         except Exception:  # a broken plugin is reported by `tuneforge plugins`
             continue
         if not mods or mods & record.modalities:

@@ -29,7 +29,8 @@ def _add_plugin_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="do not load this plugin (repeatable; also TUNEFORGE_DISABLE_PLUGINS=a,b)",
+        help="do not load this plugin (repeatable; also TUNEFORGE_DISABLE_PLUGINS=a,b). Note: "
+        "-p DISABLES here (pytest's -p loads); pytest's -p no:NAME form is accepted too",
     )
     p.add_argument(
         "--plugin",
@@ -134,7 +135,7 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
     _add_plugin_args(cp)
 
     for name, cmd in (extra_commands or {}).items():
-        cp = sub.add_parser(name, help=getattr(cmd, "help", ""))
+        cp = sub.add_parser(name, help=cmd.help)  # declared on Command
         cmd.add_arguments(cp)
         _add_plugin_args(cp)
         cp.set_defaults(plugin_command=cmd)

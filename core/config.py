@@ -364,8 +364,8 @@ class ModelRef(ComponentRef):
 class RunConfig(Strict):
     """A whole run. Component sections left out take the task's defaults."""
 
-    task: str = Field(
-        min_length=1, max_length=200, description="task name, e.g. text-classification"
+    task: ComponentRef = Field(
+        description="the task: its name (text-classification) or {name: ..., param: ...}"
     )
     data: DataConfig
     validators: list[ComponentRef] | None = None
@@ -840,8 +840,8 @@ def dump_config(cfg: RunConfig) -> dict[str, Any]:
     for key in ("validators", "augmenters", "preprocessors", "metrics", "callbacks"):
         refs = getattr(cfg, key)
         data[key] = None if refs is None else [r.as_yaml() for r in refs]
-    for key in ("balancer", "tokenizer", "model"):
-        ref = getattr(cfg, key)
+    for key in ("task", "balancer", "tokenizer", "model"):
+        ref = getattr(cfg, key)  # a RunConfig field
         data[key] = None if ref is None else ref.as_yaml()
     data["tuner"] = cfg.tuner.as_yaml() if cfg.tuner is not None else None
     return data

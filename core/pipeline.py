@@ -17,7 +17,19 @@ import yaml
 
 import tuneforge
 from tuneforge.checkpoint import STATE_DIR
-from tuneforge.components import BalancePlan, Finding, Trial, TrialPruned
+from tuneforge.components import (
+    Augmenter,
+    BalancePlan,
+    Balancer,
+    Finding,
+    Metric,
+    ModelBuilder,
+    Preprocessor,
+    Task,
+    Trial,
+    TrialPruned,
+    Validator,
+)
 from tuneforge.config import (
     ComponentRef,
     Distribution,
@@ -93,6 +105,7 @@ def make_plugin_manager(
 
 
 def _with_defaults(cfg: RunConfig, defaults: dict[str, Any]) -> RunConfig:
+    # getattr/setattr below: RunConfig's own section fields, by name
     cfg = cfg.model_copy(deep=True)
     for key in ("validators", "metrics"):
         if getattr(cfg, key) is None and key in defaults:
@@ -104,30 +117,45 @@ def _with_defaults(cfg: RunConfig, defaults: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def build_component(regs: Any, kind: str, ref: ComponentRef, path: str, base: type) -> Any:
+    """:func:`~tuneforge.config.instantiate` a component that must subclass ``base`` (its
+    kind's contract in :mod:`tuneforge.components`): core calls only what ``base`` declares."""
+    comp = instantiate(regs, kind, ref, path)
+    if not isinstance(comp, base):
+        entry = regs[kind].get(ref.name)
+        raise PluginError(
+            f"{path}.name: {ref.name!r} from plugin {entry.plugin!r} is a "
+            f"{type(comp).__qualname__}, not a tuneforge.components.{base.__name__}: a "
+            f"{kind[:-1]} must subclass it"
+        )
+    return comp
+
+
 def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
     """Resolve every component and load the data. Raises before anything is written."""
     regs = pm.registries
-    task = instantiate(regs, "tasks", ComponentRef(name=cfg.task), "task")
-    task.name = cfg.task
+    task = build_component(regs, "tasks", cfg.task, "task", Task)
+    task.name = cfg.task.name
     cfg = _with_defaults(cfg, task.defaults())
     validators = [
-        (ref, instantiate(regs, "validators", ref, f"validators[{i}]"))
+        (ref, build_component(regs, "validators", ref, f"validators[{i}]", Validator))
         for i, ref in enumerate(cfg.validators or [])
     ]
-    balancer = instantiate(regs, "balancers", cfg.balancer, "balancer")
+    balancer = build_component(regs, "balancers", cfg.balancer, "balancer", Balancer)
     augmenters = [
-        instantiate(regs, "augmenters", r, f"augmenters[{i}]") for i, r in enumerate(cfg.augmenters)
+        build_component(regs, "augmenters", r, f"augmenters[{i}]", Augmenter)
+        for i, r in enumerate(cfg.augmenters)
     ]
     preprocessors = [
-        instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
+        build_component(regs, "tokenizers", r, f"preprocessors[{i}]", Preprocessor)
         for i, r in enumerate(cfg.preprocessors)
     ]
     if cfg.model is None:
-        raise ConfigError("model", f"required: task {cfg.task!r} has no default model")
+        raise ConfigError("model", f"required: task {cfg.task.name!r} has no default model")
     if cfg.model.candidates:
         # Model selection: every candidate must resolve; the first stands in for validation.
         for i, cand in enumerate(cfg.model.candidates):
-            instantiate(regs, "models", cand, f"model.candidates[{i}]")
+            build_component(regs, "models", cand, f"model.candidates[{i}]", ModelBuilder)
         cfg = cfg.model_copy(deep=True)
         cfg.model = ModelRef.model_validate(cfg.model.candidates[0].model_dump())
     # Tasks whose inputs need no tokenizer (tabular) have none by default.
@@ -136,14 +164,14 @@ def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
         if cfg.tokenizer is None
         else instantiate(regs, "tokenizers", cfg.tokenizer, "tokenizer")
     )
-    model_builder = instantiate(regs, "models", cfg.model, "model")
+    model_builder = build_component(regs, "models", cfg.model, "model", ModelBuilder)
     metrics = {}
     for i, ref in enumerate(cfg.metrics or []):
-        metric = instantiate(regs, "metrics", ref, f"metrics[{i}]")
+        metric = build_component(regs, "metrics", ref, f"metrics[{i}]", Metric)
         if metric.problem not in ("any", task.problem):
             raise ConfigError(
                 f"metrics[{i}].name",
-                f"{ref.name!r} is a {metric.problem} metric; task {cfg.task!r} is {task.problem}",
+                f"{ref.name!r} is a {metric.problem} metric; task {task.name!r} is {task.problem}",
             )
         metrics[ref.name] = metric
     callbacks = [
@@ -166,14 +194,14 @@ def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
     for i, (ref, comp) in enumerate(
         zip(cfg.augmenters + cfg.preprocessors, augmenters + preprocessors, strict=True)
     ):
-        mods = set(getattr(comp, "modalities", ()))
+        mods = set(comp.modalities)
         if mods and not mods & modalities:
             section = "augmenters" if i < len(augmenters) else "preprocessors"
             j = i if i < len(augmenters) else i - len(augmenters)
             raise ConfigError(
                 f"{section}[{j}].name",
                 f"{ref.name!r} works on {sorted(mods)} inputs; "
-                f"task {cfg.task!r} has {sorted(modalities)}",
+                f"task {task.name!r} has {sorted(modalities)}",
             )
     return Prepared(
         cfg,
@@ -199,13 +227,14 @@ def run_validators(prep: Prepared) -> TaskData:
     data = prep.data
     findings: list[Finding] = []
     for i, (ref, validator) in enumerate(prep.validators):
-        policy = getattr(validator.config, "policy", "warn")
+        policy = validator.policy
         try:
             found = validator.check(data, prep.task)
         except UserError as exc:
             raise DataError(f"validators[{i}] ({ref.name}): {exc}") from None
         for f in found:
             f.validator = ref.name
+            f.kind = str(f.kind)  # a FindingKind member as its plain value, in messages too
             if policy == "fail" and f.severity != "info" and (f.rows or f.severity == "error"):
                 raise DataError(
                     f"{data.source}: validators[{i}] ({ref.name}, policy fail): {f.message}"
@@ -219,8 +248,10 @@ def run_validators(prep: Prepared) -> TaskData:
                 data = data.subset(frame.index)
                 data.frame = frame
                 f.action = f"relabelled {len(f.relabel)} rows"
-            elif policy == "down-weight" and f.details.get("weights"):
-                weights = {int(r): float(w) for r, w in f.details["weights"].items()}
+            elif policy == "down-weight" and (f.weights or f.details.get("weights")):
+                # ``details["weights"]``: where plugins written before ``Finding.weights`` put them
+                raw = f.weights or f.details["weights"]
+                weights = {int(r): float(w) for r, w in raw.items()}
                 for row, w in weights.items():
                     prep.row_weights[row] = min(prep.row_weights.get(row, 1.0), w)
                 f.action = f"down-weighted {len(weights)} rows in the loss"
@@ -254,10 +285,11 @@ def run_validators(prep: Prepared) -> TaskData:
 
 def leakage_check(prep: Prepared, data: TaskData, split: Split) -> Finding:
     """Compare the final splits: the same content (task's duplicate key) in two splits leaks."""
-    if not hasattr(prep.task, "content_keys"):
-        return Finding("leakage", "info", "not checked: the task defines no content key")
     keys = prep.task.content_keys(data)
-    parts = {name: set(keys.loc[getattr(split, name)]) for name in ("train", "val", "test")}
+    if keys is None:
+        return Finding("leakage", "info", "not checked: the task defines no content key")
+    by_split = {"train": split.train, "val": split.val, "test": split.test}
+    parts = {name: set(keys.loc[r]) for name, r in by_split.items()}
     shared = {
         pair: parts[pair[0]] & parts[pair[1]]
         for pair in (("train", "val"), ("train", "test"), ("val", "test"))
@@ -282,17 +314,17 @@ def split_data(prep: Prepared, data: TaskData) -> Split:
     s = prep.config.split
     strata = None
     if s.stratify:
-        if hasattr(prep.task, "stratify_labels"):
-            strata = prep.task.stratify_labels(data)
-        elif data.classes is not None:
+        strata = prep.task.stratify_labels(data)
+        if strata is None and data.classes is not None:
             strata = data.label_ids()
     groups = None
-    if s.group_duplicates and hasattr(prep.task, "content_keys"):
-        groups = prep.task.content_keys(data).to_numpy()
+    keys = prep.task.content_keys(data) if s.group_duplicates else None
+    if keys is not None:
+        groups = keys.to_numpy()
     split = make_split(
         data.frame.index, s.train, s.val, s.test, s.seed, strata=strata, groups=groups
     )
-    empty = [name for name in ("val", "test") if len(getattr(split, name)) == 0]
+    empty = [name for name, r in (("val", split.val), ("test", split.test)) if len(r) == 0]
     if empty:
         n_groups = len(set(groups)) if groups is not None else len(data)
         raise DataError(
@@ -403,14 +435,11 @@ def train(
         if "leakage" in cfg.fail_on:
             raise DataError(f"{data.source}: fail_on 'leakage': {leak.message}")
     for i, (name, metric) in enumerate(prep.metrics.items()):
-        check = getattr(metric, "check_data", None)  # a metric undefined on this data says why
-        if check is not None:
-            try:
-                check(data)
-            except UserError as exc:
-                raise ConfigError(f"metrics[{i}]", f"{name}: {exc}") from None
-    if hasattr(task, "fit"):  # train-split state (target scaler, feature preprocessing)
-        task.fit(data, split.train, prep.model_builder)
+        try:  # a metric undefined on this data says why
+            metric.check_data(data)
+        except UserError as exc:
+            raise ConfigError(f"metrics[{i}]", f"{name}: {exc}") from None
+    task.fit(data, split.train, prep.model_builder)  # train-split state (scaler, features)
     rng = np.random.default_rng(cfg.split.seed)
     plan: BalancePlan = prep.balancer.plan(data, split.train, rng)
     train_rows = split.train if plan.indices is None else split.train[plan.indices]
@@ -427,7 +456,7 @@ def train(
         config=cfg,
         run_dir=folder.path,
         final_dir=folder.final,
-        task=cfg.task,
+        task=cfg.task.name,
         problem=task.problem,
         classes=data.classes,
         split_sizes=sizes,
@@ -575,6 +604,7 @@ def train(
             save_best,
             on_epoch_end=on_epoch_end,
             on_log=on_log,
+            on_epoch_start=lambda m, epoch: task.on_epoch_start(m, prep.model_builder, epoch),
             sample_weights=None
             if plan.sample_weights is None
             else plan.sample_weights[plan.indices]
@@ -610,8 +640,7 @@ def train(
             base = majority_baseline(data, split.train, split.test)  # None without classes
             if base is not None:
                 metrics["majority_baseline_accuracy"] = base
-            if hasattr(task, "baselines"):  # reference models on the same split
-                metrics.update(task.baselines(data, split, prep.metrics))
+            metrics.update(task.baselines(data, split, prep.metrics))  # reference models
             hook.on_evaluate(run=ctx, split="test", metrics=metrics)
             return metrics, prediction_frame(task, data, split.test, logits, labels)
 
@@ -676,7 +705,7 @@ def finish(
         info = {
             "status": "completed",
             "tuneforge": tuneforge.__version__,
-            "task": prep.config.task,
+            "task": prep.config.task.name,
             "started": started,
             "finished": time.time(),
             "seconds": time.time() - started,
@@ -983,6 +1012,7 @@ def close_failed(folder: RunFolder, exc: BaseException, log: Log) -> BaseExcepti
 
 def _space_probes(dist: Any) -> list[Any]:
     kind = dist.kind
+    # a Distribution's own field (uniform, loguniform, int), by name
     return list(dist.choice) if kind == "choice" else list(getattr(dist, kind))
 
 
@@ -1347,8 +1377,8 @@ def predict(
         raise UserError(f"{run_dir / 'config.yaml'}: {exc}") from None
     pm = make_plugin_manager(cfg, run_dir, disable, local)
     regs = pm.registries
-    task = instantiate(regs, "tasks", ComponentRef(name=cfg.task), "task")
-    task.name = cfg.task
+    task = build_component(regs, "tasks", cfg.task, "task", Task)
+    task.name = cfg.task.name
     if cfg.model is None:
         raise UserError(f"{run_dir / 'config.yaml'}: no model section")
     tokenizer = (
@@ -1356,9 +1386,9 @@ def predict(
         if cfg.tokenizer is None
         else instantiate(regs, "tokenizers", cfg.tokenizer, "tokenizer")
     )
-    builder = instantiate(regs, "models", cfg.model, "model")
+    builder = build_component(regs, "models", cfg.model, "model", ModelBuilder)
     preprocessors = [
-        instantiate(regs, "tokenizers", r, f"preprocessors[{i}]")
+        build_component(regs, "tokenizers", r, f"preprocessors[{i}]", Preprocessor)
         for i, r in enumerate(cfg.preprocessors)
     ]
     labels_path = run_dir / "labels.json"

@@ -280,7 +280,7 @@ class RunLock:
                 text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             except OSError:
                 break
-            if text.isdigit() and _alive(int(text)):
+            if text.isdigit() and (int(text) == os.getpid() or _alive(int(text))):
                 return f"process {text}"
             time.sleep(0.01)
         return "another process"

@@ -128,11 +128,7 @@ def run_config_schema(registries: Any) -> dict[str, Any]:
     schema = copy.deepcopy(RunConfig.model_json_schema())
     defs: dict[str, Any] = schema.setdefault("$defs", {})
     props = schema["properties"]
-    props["task"] = {
-        "type": "string",
-        "enum": registries["tasks"].names(),
-        "description": "task name",
-    }
+    props["task"] = _component_schema(registries["tasks"], defs)  # a name, or {name: ...}
     for section, (kind, is_list) in _SECTIONS.items():
         comp = _component_schema(registries[kind], defs)
         if section == "model":

@@ -43,6 +43,11 @@ class TrainResult:
 
 
 def _logits(out: Any) -> Any:
+    """The logits tensor of a model's output: a tensor, or an object with ``.logits``.
+
+    The ModelBuilder contract allows both; a transformers ``ModelOutput`` is the second.
+    """
+    # ``out`` is the forward's return value (a torch tensor or a ModelOutput), not a component.
     return out.logits if hasattr(out, "logits") else out
 
 
@@ -63,6 +68,7 @@ def _row_slices(batch: dict[str, Any], n: int, chunks: int) -> Any:
         yield (
             part,
             {
+                # batch values: tensors, or plain values (not components)
                 k: v[part] if hasattr(v, "shape") and v.ndim and v.shape[0] == n else v
                 for k, v in batch.items()
             },
@@ -89,6 +95,8 @@ class Trainer:
             # cuBLAS needs a fixed workspace for reproducible results; set before its first use.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.accelerator = self._accelerator()
+        self._eval_chunks = 1  # evaluation batches run in this many pieces (after an OOM)
+        self._l1_params: list[Any] = []  # the weights trainer.l1 penalises (set in fit)
         from accelerate.utils import set_seed
 
         # before the model is built: its new head is initialised randomly. deterministic: also
@@ -262,6 +270,7 @@ class Trainer:
         state_dir: Path | None = None,
         resume: Path | None = None,
         on_checkpoint: Callable[[Path], dict[str, Any]] | None = None,
+        on_epoch_start: Callable[[Any, int], None] | None = None,
     ) -> TrainResult:
         """Train for ``config.epochs`` epochs, evaluating on ``val_set`` after each.
 
@@ -273,6 +282,9 @@ class Trainer:
         :param resume: a checkpoint folder (``state/step-NNNNNN``) to continue from.
         :param on_checkpoint: ``(tmp_dir) -> dict`` called by the main process while a
             checkpoint is written; may add files and returns values kept in its state.
+        :param on_epoch_start: ``(unwrapped model, epoch)`` called before each training epoch
+            (the pipeline passes :meth:`tuneforge.components.Task.on_epoch_start`), e.g. to
+            freeze a backbone for the first epochs.
         """
         import torch
         from accelerate.utils import set_seed
@@ -371,10 +383,8 @@ class Trainer:
         interactive = self.console.interactive and self.is_main
         verbose = self.console.mode == "verbose" and self.is_main
         for epoch in range(first_epoch, cfg.epochs + 1):
-            # Optional model method, e.g. to freeze a backbone for the first epochs.
-            epoch_start = getattr(acc.unwrap_model(model), "on_epoch_start", None)
-            if epoch_start is not None:
-                epoch_start(epoch)
+            if on_epoch_start is not None:
+                on_epoch_start(acc.unwrap_model(model), epoch)
             model.train()
             set_epoch(train_dl, train_sampler, epoch)
             first_step = step
@@ -540,6 +550,7 @@ class Trainer:
         # Processes must split their batches alike (DDP's collectives): one process's OOM
         # cannot change its split alone, so the retry is for one-process runs.
         self._auto_batch = self._auto_batch and acc.num_processes == 1
+        # accelerate's AcceleratedOptimizer wraps the torch optimizer as ``.optimizer``
         inner = getattr(optimizer, "optimizer", optimizer)
         # Fused AdamW skips a step on the device when ``found_inf`` is set: no host sync.
         self._mask_on_device = bool(inner.defaults.get("fused")) and acc.scaler is None
@@ -711,7 +722,8 @@ class Trainer:
         cfg = self.config
         auto = self.on_cuda if cfg.auto_batch_size is None else cfg.auto_batch_size
         while True:
-            chunks = getattr(self, "_eval_chunks", 1)
+            chunks = self._eval_chunks
+            # batch values: tensors, or plain values (not components)
             sizes = [v.shape[0] for v in batch.values() if hasattr(v, "shape") and v.ndim]
             n = sizes[0] if sizes else 1
             try:
@@ -784,7 +796,7 @@ class Trainer:
     def _penalised(self, loss: Any, share: Any = 1.0) -> Any:
         """``loss`` plus ``share`` of the L1 penalty (``trainer.l1``) on the decayed weights."""
         l1 = self.config.l1
-        params = getattr(self, "_l1_params", None)
+        params = self._l1_params
         if not l1 or not params:
             return loss
         import torch
@@ -797,6 +809,7 @@ class Trainer:
         """The batch loss; with per-row weights, their weighted mean of per-row losses."""
         if weights is None:
             return loss_fn(logits, labels)
+        # the task's loss is a torch loss module; torch's own losses carry ``reduction``
         if not hasattr(loss_fn, "reduction"):
             raise UserError(
                 "the task's loss cannot weight rows (no 'reduction'); policy down-weight"

@@ -1,16 +1,24 @@
-"""Generate the hook reference of docs/plugins.md and the component tables of docs/config.md.
+"""Generate the hook and base-class references of docs/plugins.md and the component tables
+of docs/config.md.
 
 Usage (from the repository root, with tuneforge installed)::
 
     python docs/gen_hooks.py               # print the hook reference's Markdown
+    python docs/gen_hooks.py --bases       # print the base-class reference's Markdown
     python docs/gen_hooks.py --components  # print the component tables' Markdown
-    python docs/gen_hooks.py --check       # exit 1 if either document is out of date
-    python docs/gen_hooks.py --write       # replace the text between the markers in both
+    python docs/gen_hooks.py --check       # exit 1 if any of them is out of date
+    python docs/gen_hooks.py --write       # replace the text between the markers in both files
 
 The hook reference lies in docs/plugins.md between ``<!-- hooks:start -->`` and
 ``<!-- hooks:end -->``. Every function of ``tuneforge.hookspecs`` marked ``@tuneforge.hookspec``
 is listed, in source order, with its signature and its docstring (reST roles turned into
 Markdown code spans).
+
+The base-class reference lies in docs/plugins.md between ``<!-- bases:start -->`` and
+``<!-- bases:end -->``: for each base class of :mod:`tuneforge.components` in :data:`BASES`, its
+docstring, its declared attributes (with their ``#:`` comments) and every public method it
+declares, in source order, with its signature and docstring; a method a subclass must
+implement (abstract, or raising ``NotImplementedError``) is marked *required*.
 
 The component tables lie in docs/config.md between ``<!-- components:start -->`` and
 ``<!-- components:end -->``: one table per kind of every component the built-in plugins (those
@@ -36,6 +44,21 @@ import tuneforge.hookspecs as hookspecs
 START = "<!-- hooks:start -->"
 END = "<!-- hooks:end -->"
 DOC = Path(__file__).resolve().parent / "plugins.md"
+BASES_START = "<!-- bases:start -->"
+BASES_END = "<!-- bases:end -->"
+#: The base classes of tuneforge.components in the reference, in this order.
+BASES = (
+    "Task",
+    "ModelBuilder",
+    "Validator",
+    "Balancer",
+    "Augmenter",
+    "Preprocessor",
+    "Metric",
+    "Tuner",
+    "Advisor",
+    "Command",
+)
 COMPONENTS_START = "<!-- components:start -->"
 COMPONENTS_END = "<!-- components:end -->"
 COMPONENTS_DOC = Path(__file__).resolve().parent / "config.md"
@@ -167,6 +190,78 @@ def generate() -> str:
             continue
         parts.append(f"### {title}")
         parts.extend(render_spec(f) for f in group)
+    return "\n\n".join(parts) + "\n"
+
+
+# -- base classes -------------------------------------------------------------------------
+
+
+def _required(func: Callable[..., Any]) -> bool:
+    """True for an abstract method, or one whose body raises ``NotImplementedError``."""
+    if getattr(func, "__isabstractmethod__", False):
+        return True
+    return "raise NotImplementedError" in inspect.getsource(func)
+
+
+def _attributes(cls: type) -> list[str]:
+    """``- `name: type = default`: comment`` for each attribute the class itself annotates."""
+    source = inspect.getsource(cls).splitlines()
+    out = []
+    for name, ann in vars(cls).get("__annotations__", {}).items():
+        if name.startswith("_") or name == "Config":
+            continue
+        comment: list[str] = []
+        for i, line in enumerate(source):
+            if re.match(rf"^\s+{re.escape(name)}\s*:", line):
+                j = i - 1
+                while j >= 0 and source[j].strip().startswith("#:"):
+                    comment.insert(0, source[j].strip()[2:].strip())
+                    j -= 1
+                break
+        default = vars(cls).get(name, inspect.Parameter.empty)
+        text = f"`{name}: {ann}" + ("" if default is inspect.Parameter.empty else f" = {default!r}")
+        out.append(f"- {text}`" + (f": {inline(' '.join(comment))}" if comment else ""))
+    return out
+
+
+def _methods(cls: type) -> list[tuple[str, Callable[..., Any], bool]]:
+    """``(name, function, is_property)`` for the public methods ``cls`` declares itself."""
+    found = []
+    for name, obj in vars(cls).items():
+        if name.startswith("_") and name != "__call__":
+            continue
+        if isinstance(obj, property) and obj.fget is not None:
+            found.append((name, obj.fget, True))
+        elif isinstance(obj, (staticmethod, classmethod)):
+            found.append((name, obj.__func__, False))
+        elif inspect.isfunction(obj):
+            found.append((name, obj, False))
+    return sorted(found, key=lambda m: m[1].__code__.co_firstlineno)
+
+
+def render_base(cls: type) -> str:
+    parts = [f"### `{cls.__name__}`"]
+    parts.append(render_doc(cls.__doc__ or "(undocumented)"))
+    attrs = _attributes(cls)
+    if attrs:
+        parts.append("Attributes:\n\n" + "\n".join(attrs))
+    for _name, func, is_property in _methods(cls):
+        head = f"#### `{cls.__name__}.{func.__name__}`" + (" (required)" if _required(func) else "")
+        code = ("@property\n" if is_property else "") + definition(func)
+        parts.append(f"{head}\n\n```python\n{code}\n```")
+        parts.append(render_doc(func.__doc__ or "(undocumented)"))
+    return "\n\n".join(parts)
+
+
+def generate_bases() -> str:
+    """The Markdown that belongs between the base-class markers (without the markers)."""
+    import tuneforge.components as components
+
+    parts = [
+        "<!-- Generated by docs/gen_hooks.py from tuneforge/components.py (core/components.py); "
+        "do not edit by hand. -->",
+    ]
+    parts.extend(render_base(getattr(components, name)) for name in BASES)
     return "\n\n".join(parts) + "\n"
 
 
@@ -322,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument(
         "--components", action="store_true", help="print the component tables instead"
     )
+    mode.add_argument("--bases", action="store_true", help="print the base-class reference instead")
     parser.add_argument(
         "--doc", type=Path, default=DOC, help="the hook reference's file (default docs/plugins.md)"
     )
@@ -334,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     docs = [
         (args.doc, START, END, generate, "hook reference"),
+        (args.doc, BASES_START, BASES_END, generate_bases, "base-class reference"),
         (
             args.components_doc,
             COMPONENTS_START,
@@ -348,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         for doc, start, end, content, _ in docs:
             write(doc, start, end, content)
+        return 0
+    if args.bases:
+        sys.stdout.write(generate_bases())
         return 0
     sys.stdout.write(generate_components() if args.components else generate())
     return 0

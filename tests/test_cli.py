@@ -59,8 +59,8 @@ def test_config_schema_is_json_schema_with_component_parameters() -> None:
     assert proc.returncode == 0, proc.stderr
     schema = json.loads(proc.stdout)
     assert schema["title"] == "tuneforge run config"
-    assert "text-classification" in schema["properties"]["task"]["enum"]
-    assert "image-regression" in schema["properties"]["task"]["enum"]
+    task_names = schema["properties"]["task"]["anyOf"][0]["enum"]  # or {name: ..., param: ...}
+    assert "text-classification" in task_names and "image-regression" in task_names
     balancer_variants = schema["properties"]["balancer"]["anyOf"]
     oversample = next(
         v

@@ -317,6 +317,10 @@ class TimmModel(ModelBuilder):
     def checkpoint_path(self) -> str | None:
         return self.config.weights
 
+    def on_epoch_start(self, model: Any, epoch: int) -> None:
+        """Freeze the backbone for the first ``freeze_epochs`` epochs (the model's own rule)."""
+        model.on_epoch_start(epoch)
+
     # -- building ---------------------------------------------------------------------------
     def create(self, num_classes: int, **extra: Any) -> Any:
         import timm

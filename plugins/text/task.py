@@ -253,11 +253,13 @@ class TextClassificationTask(Task):
         tokenizer.save(folder)
 
     def load_artifacts(self, folder: Path, tokenizer: Any, model_builder: Any) -> Any:
-        from tuneforge.plugins.text.hf import HFTokenizer, position_limit
+        from tuneforge.plugins.text.hf import HFSequenceClassification, HFTokenizer, position_limit
 
         tokenizer.load(str(folder), key=f"checkpoint {folder}")
         model = model_builder.load(folder)
-        if isinstance(tokenizer, HFTokenizer):
+        if isinstance(tokenizer, HFTokenizer) and isinstance(
+            model_builder, HFSequenceClassification
+        ):  # a transformers model: its config.json says its token limit
             tokenizer.fit_to_model(position_limit(model.config), warn=False)
         return model
 
