@@ -24,6 +24,7 @@ checkpoints (sizes only, from older versions) cannot be verified and are refused
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import re
 import shutil
 import stat
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -459,15 +461,23 @@ def _torch_load(f: Path) -> Any:
             f"{f}: the checkpoint part does not load (not a file torch.save wrote); "
             f"{_way_out(f.parent)}"
         )
+    with _loading(f, "checkpoint part"):
+        return load(str(f), map_location="cpu", mmap=True)
+
+
+@contextlib.contextmanager
+def _loading(where: Path, what: str, *errors: type[BaseException]) -> Iterator[None]:
+    """Load tensors (``torch.load(weights_only=True)`` underneath) with every failure a
+    :class:`UserError` naming ``where``; a pickle that holds more than tensors is refused, not run."""
     try:
         with warnings.catch_warnings():  # torch's note on a refused pickle's protocol
             warnings.filterwarnings("ignore", module="torch._weights_only_unpickler")
-            return load(str(f), map_location="cpu", mmap=True)
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{f}: the checkpoint part does not load ({_first_line(exc)})") from None
+            yield
+    except (*errors, RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{where}: the {what} does not load ({_first_line(exc)})") from None
     except Exception as exc:  # pickle.UnpicklingError from a weights_only refusal, and others
         raise UserError(
-            f"{f}: the checkpoint part does not load safely ({type(exc).__name__}); it holds "
+            f"{where}: the {what} does not load safely ({type(exc).__name__}); it holds "
             "something other than tensors (refused, not run)"
         ) from None
 
@@ -730,16 +740,7 @@ def load_checkpoint(
     rng_states = _torch_load(rng_file)
     _check_random_states(rng_file, rng_states)
     epoch_rngs = _load_epoch_rngs(path)
-    try:
-        with warnings.catch_warnings():  # torch's note on a refused pickle's protocol
-            warnings.filterwarnings("ignore", module="torch._weights_only_unpickler")
-            accelerator.load_state(str(path))
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{path}: the checkpoint does not load ({_first_line(exc)})") from None
-    except Exception as exc:  # pickle.UnpicklingError from a weights_only refusal, and others
-        raise UserError(
-            f"{path}: the checkpoint does not load safely ({type(exc).__name__}); "
-            "it holds something other than tensors"
-        ) from None
+    with _loading(path, "checkpoint", SafetensorError):
+        accelerator.load_state(str(path))
     _check_restored(rng_file, rng_states)
     return state, epoch_rngs
