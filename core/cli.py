@@ -143,7 +143,7 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
 
 
 def _manager(args: argparse.Namespace, cfg: Any = None, base_dir: Path | None = None) -> Any:
-    from tuneforge.pipeline import make_plugin_manager
+    from tuneforge.manager import make_plugin_manager
 
     return make_plugin_manager(
         cfg, base_dir, disable=args.disable_plugin, local=args.plugin, strict=args.strict_plugins

@@ -341,7 +341,7 @@ class PluginManager:
         """Load hook implementations from a ``.py`` file or an importable module name.
 
         A relative file path is taken relative to ``base_dir`` (the working directory when
-        ``None``); :func:`tuneforge.pipeline.make_plugin_manager` passes absolute paths.
+        ``None``); :func:`make_plugin_manager` passes absolute paths.
         """
         is_file = spec.endswith(".py") or "/" in spec or os.sep in spec
         path = Path(spec).expanduser()
@@ -563,3 +563,31 @@ def _import_file(path: Path) -> ModuleType:
         sys.modules.pop(mod_name, None)
         raise
     return module
+
+
+def resolve_local(spec: str, base_dir: Path | None) -> str:
+    """A local plugin file path (``.py``, or any path with a ``/``) made absolute against
+    ``base_dir``; module names are left alone."""
+    if not (spec.endswith(".py") or "/" in spec or os.sep in spec) or base_dir is None:
+        return spec
+    path = Path(spec).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+
+def make_plugin_manager(
+    cfg: Any,
+    base_dir: Path | None,
+    disable: list[str] = (),
+    local: list[str] = (),
+    strict: bool | None = None,
+) -> PluginManager:
+    """The plugin manager for a command.
+
+    ``plugins.local`` paths of the config are relative to ``base_dir`` (the config's folder);
+    ``--plugin`` paths given on the command line are relative to the working directory, as
+    every command-line path is.
+    """
+    dis = list(disable) + (cfg.plugins.disable if cfg else [])
+    loc = [resolve_local(s, base_dir) for s in (cfg.plugins.local if cfg else [])]
+    loc += [resolve_local(s, Path.cwd()) for s in local]
+    return PluginManager(disable=dis, local=loc, base_dir=base_dir, strict=strict)

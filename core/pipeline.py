@@ -43,7 +43,7 @@ from tuneforge.config import (
 from tuneforge.console import Console
 from tuneforge.data import TaskData, WeightedExamples, class_list
 from tuneforge.errors import ConfigError, DataError, PluginError, UserError
-from tuneforge.manager import PluginManager
+from tuneforge.manager import PluginManager, make_plugin_manager, resolve_local  # noqa: F401
 from tuneforge.run import RunContext, RunFolder, RunLock, storage_error
 from tuneforge.sampling import is_main_process, process_count, process_rank
 from tuneforge.secrets import mask_tree
@@ -74,34 +74,6 @@ class Prepared:
     findings: list[Finding] = field(default_factory=list)
     #: Per-row loss weights from validators with policy ``down-weight`` (row -> weight).
     row_weights: dict[int, float] = field(default_factory=dict)
-
-
-def resolve_local(spec: str, base_dir: Path | None) -> str:
-    """A local plugin file path (``.py``, or any path with a ``/``) made absolute against
-    ``base_dir``; module names are left alone."""
-    if not (spec.endswith(".py") or "/" in spec or os.sep in spec) or base_dir is None:
-        return spec
-    path = Path(spec).expanduser()
-    return str(path if path.is_absolute() else (base_dir / path).resolve())
-
-
-def make_plugin_manager(
-    cfg: RunConfig | None,
-    base_dir: Path | None,
-    disable: list[str] = (),
-    local: list[str] = (),
-    strict: bool | None = None,
-) -> PluginManager:
-    """The plugin manager for a command.
-
-    ``plugins.local`` paths of the config are relative to ``base_dir`` (the config's folder);
-    ``--plugin`` paths given on the command line are relative to the working directory, as
-    every command-line path is.
-    """
-    dis = list(disable) + (cfg.plugins.disable if cfg else [])
-    loc = [resolve_local(s, base_dir) for s in (cfg.plugins.local if cfg else [])]
-    loc += [resolve_local(s, Path.cwd()) for s in local]
-    return PluginManager(disable=dis, local=loc, base_dir=base_dir, strict=strict)
 
 
 def _with_defaults(cfg: RunConfig, defaults: dict[str, Any]) -> RunConfig:
