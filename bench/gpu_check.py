@@ -897,7 +897,7 @@ def sst2_worker(side: str, work: Path, smoke: bool) -> None:
     if side == "tuneforge":
         from tuneforge.config import TrainerConfig
         from tuneforge.console import Console
-        from tuneforge.trainer import Trainer
+        from tuneforge.trainer import FitHooks, Trainer
 
         fitter = Trainer(
             TrainerConfig(
@@ -929,14 +929,16 @@ def sst2_worker(side: str, work: Path, smoke: bool) -> None:
             dev,
             collate,
             torch.nn.CrossEntropyLoss(),
-            lambda logits, labels: {
-                "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-                "accuracy": accuracy(logits, labels),
-            },
-            "accuracy",
-            "max",
-            lambda m: None,
-            on_epoch_end=on_epoch_end,
+            FitHooks(
+                evaluate=lambda logits, labels: {
+                    "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+                    "accuracy": accuracy(logits, labels),
+                },
+                save_best=lambda m: None,
+                on_epoch_end=on_epoch_end,
+            ),
+            monitor="accuracy",
+            mode="max",
         )
         final = result.history[-1]["val.accuracy"]
         rates = [round(r["train.samples_per_s"]) for r in result.history]

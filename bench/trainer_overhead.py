@@ -58,7 +58,7 @@ def tuneforge_epoch(
     import torch
 
     from tuneforge.config import TrainerConfig
-    from tuneforge.trainer import Trainer
+    from tuneforge.trainer import FitHooks, Trainer
 
     cfg = TrainerConfig(
         epochs=1,
@@ -83,11 +83,13 @@ def tuneforge_epoch(
         val,
         collate,
         torch.nn.CrossEntropyLoss(),
-        lambda logits, labels: {"loss": 0.0},
-        "loss",
-        "min",
-        lambda model: None,
-        on_log=on_log,
+        FitHooks(
+            evaluate=lambda logits, labels: {"loss": 0.0},
+            save_best=lambda model: None,
+            on_log=on_log,
+        ),
+        monitor="loss",
+        mode="min",
     )
     assert result.history[0]["train.steps"] == args.steps
     return window(marks[FIRST], marks[args.steps], args.steps - FIRST)

@@ -69,7 +69,7 @@ def tuneforge_fit(model: Any, train: Any, collate: Any, args: Any, **trainer: An
 
     from tuneforge.config import TrainerConfig
     from tuneforge.console import Console
-    from tuneforge.trainer import Trainer
+    from tuneforge.trainer import FitHooks, Trainer
 
     reset_accelerate()
     marks: dict[int, float] = {}
@@ -94,11 +94,11 @@ def tuneforge_fit(model: Any, train: Any, collate: Any, args: Any, **trainer: An
         val,
         collate,
         torch.nn.CrossEntropyLoss(),
-        lambda logits, labels: {"loss": 0.0},
-        "loss",
-        "min",
-        lambda m: None,
-        on_log=on_log,
+        FitHooks(
+            evaluate=lambda logits, labels: {"loss": 0.0}, save_best=lambda m: None, on_log=on_log
+        ),
+        monitor="loss",
+        mode="min",
     )
     first = min(s for s in marks if s >= args.warm)
     last = max(marks)

@@ -32,14 +32,196 @@ from tuneforge.errors import UserError
 
 @dataclass
 class TrainResult:
-    best_value: float | None = None
-    best_epoch: int | None = None
+    """What :meth:`Trainer.fit` returns."""
+
+    best_value: float | None = None  # the best value of the monitored metric
+    best_epoch: int | None = None  # the epoch it was reached in (its model went to save_best)
     epochs_run: int = 0
     stopped_early: bool = False
-    stop_reason: str = ""
-    history: list[dict[str, float]] = field(default_factory=list)
+    stop_reason: str = ""  # why the run stopped before ``trainer.epochs`` ("" if it did not)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     seconds: float = 0.0
     skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradients
+
+
+@dataclass
+class FitHooks:
+    """The caller's side of :meth:`Trainer.fit`: how the validation split is scored, where the
+    best model goes, and what observes the run. Each is called on every process unless said."""
+
+    evaluate: Callable[[Any, Any], dict[str, float]]
+    """``(logits, labels) -> metrics`` on CPU tensors of the whole validation split; must
+    include ``"loss"`` and the monitored metric."""
+    save_best: Callable[[Any], None]
+    """Called by the main process with the unwrapped model whenever the monitored metric
+    improves."""
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
+    """``(epoch, history row)`` after each epoch's evaluation (the row is also in
+    :attr:`TrainResult.history`)."""
+    on_log: Callable[[int, dict[str, float]], None] | None = None
+    """``(step, {"train.loss", "lr", "train.samples_per_s"})`` every
+    ``trainer.log_every_n_steps`` optimizer steps; the loss is the mean since the last log."""
+    on_epoch_start: Callable[[Any, int], None] | None = None
+    """``(unwrapped model, epoch)`` before each training epoch (the pipeline passes
+    :meth:`tuneforge.components.Task.on_epoch_start`), e.g. to freeze a backbone for the first
+    epochs."""
+
+
+@dataclass
+class StateOptions:
+    """Training-state checkpoints (``trainer.checkpoint_every_n_steps``) and ``--resume``.
+
+    A checkpoint (:mod:`tuneforge.checkpoint`) holds the model, optimizer, scheduler, random
+    states and the :class:`LoopState` fields it needs to continue, so a resumed run ends as the
+    uninterrupted one would have.
+    """
+
+    state_dir: Path | None = None
+    """Where checkpoints go (``RUN/state``): every ``trainer.checkpoint_every_n_steps``
+    optimizer steps and at the end of each epoch but the last; ``None``: none are written."""
+    resume: Path | None = None
+    """A checkpoint folder (``state/step-NNNNNN``) to continue from; it is checked in full (files,
+    fit to this model, optimizer and data) before anything is applied."""
+    on_checkpoint: Callable[[Path], dict[str, Any]] | None = None
+    """``(tmp_dir) -> dict`` called by the main process while a checkpoint is written: it may
+    add files to ``tmp_dir`` and returns values kept in its ``trainer_state.json``."""
+
+
+@dataclass
+class LoopState:
+    """Everything the training loop carries from one batch to the next.
+
+    The position, early-stopping and history fields (and, mid-epoch, the epoch's sums and
+    counts) are what a training-state checkpoint stores: :meth:`Trainer._loop_record` writes
+    them under the keys of :data:`tuneforge.checkpoint.LOOP_STATE`, :meth:`resume_from` and
+    :meth:`resume_epoch` read them back.
+    """
+
+    start: float  # time.perf_counter() at set-up: the run's duration and the ETA
+    # -- position and early stopping (saved in every checkpoint)
+    epoch: int = 1  # the epoch running, or the first to run
+    step: int = 0  # optimizer steps done
+    epochs_run: int = 0  # epochs trained and evaluated
+    best_value: float | None = None  # the best value of the monitored metric so far
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # evaluations in a row without an improvement (early stopping)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    stopped_early: bool = False
+    stop_reason: str = ""
+    # -- the running epoch (saved by a mid-epoch checkpoint)
+    first_step: int = 0  # ``step`` when the epoch started
+    batches: int = 0  # loader batches done in the epoch
+    seen: int = 0  # examples this process trained on in the epoch
+    window_batches: int = 0  # loader batches since the last log
+    window_seen: int = 0  # examples since the last log (not saved: a rate)
+    epoch_start: float = 0.0  # time.perf_counter() at the epoch's start
+    window_start: float = 0.0  # ... and at the last log
+    # 0-d tensors on the device, summed there (read back only at a log or the epoch's end):
+    running: Any = None  # the epoch's batch losses
+    window: Any = None  # the batch losses since the last log
+    running_n: Any = None  # finite batch losses counted in ``running`` (nonfinite: skip)
+    window_n: Any = None  # ... and in ``window``
+    # -- generators: the data's (sampler, dataset, augmenters) and the process RNGs
+    epoch_rngs: Any = None  # the data's generators as the epoch's iterator was made (saved)
+    resumed: dict[str, Any] | None = None  # a resumed checkpoint's state, until its epoch starts
+    resumed_rngs: Any = None  # that checkpoint's data generators (its epoch_rng files)
+    process_rngs: Any = None  # the process RNGs as that checkpoint left them
+
+    def resume_from(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint's loop state (:func:`tuneforge.checkpoint.load_checkpoint`);
+        its epoch's sums are restored when that epoch starts (:meth:`resume_epoch`)."""
+        self.epoch, self.step, self.bad_epochs = saved["epoch"], saved["step"], saved["bad_epochs"]
+        self.history = saved["history"]
+        self.best_value, self.best_epoch = saved["best_value"], saved["best_epoch"]
+        self.epochs_run = saved["epochs_run"]
+        self.resumed = saved
+
+    def begin_epoch(self, epoch: int, device: Any) -> None:
+        """Zero the epoch's counters and sums (on ``device``) for ``epoch``."""
+        import torch
+
+        self.epoch, self.first_step = epoch, self.step
+        self.epoch_start = time.perf_counter()
+        self.running = torch.zeros((), device=device)
+        self.window = torch.zeros((), device=device)
+        self.window_batches = self.batches = self.seen = 0
+        self.window_seen, self.window_start = 0, self.epoch_start
+        self.running_n = torch.zeros((), device=device)
+        self.window_n = torch.zeros((), device=device)
+
+    def resume_epoch(self) -> int:
+        """At the start of a resumed checkpoint's epoch: restore the epoch's position, sums and
+        counts (mid-epoch) and forget the checkpoint; returns its batches done in the epoch."""
+        saved, self.resumed = self.resumed, None
+        assert saved is not None
+        done = int(saved["batches_done"])
+        if done:
+            self.first_step = saved["epoch_first_step"]
+            r, w, rn, wn = saved["sums"]
+            self.running.fill_(r)
+            self.window.fill_(w)
+            self.running_n.fill_(rn)
+            self.window_n.fill_(wn)
+            self.window_batches, self.batches, self.seen = saved["counts"]
+        return done
+
+    def add(self, loss: Any, rows: int, skip_policy: bool) -> None:
+        """Count one loader batch of ``rows`` examples and its detached ``loss``; with the skip
+        policy a non-finite loss (a skipped step) stays out of the sums."""
+        import torch
+
+        if skip_policy:
+            finite = torch.isfinite(loss)
+            loss = torch.where(finite, loss, 0.0)
+            self.running_n += finite
+            self.window_n += finite
+        self.running += loss
+        self.window += loss
+        self.window_batches += 1
+        self.batches += 1
+        self.seen += rows
+        self.window_seen += rows
+
+    def sums(self) -> list[float]:
+        """The epoch's sums as a mid-epoch checkpoint stores them (one host sync each)."""
+        return [t.item() for t in (self.running, self.window, self.running_n, self.window_n)]
+
+    def counts(self) -> list[int]:
+        """The epoch's counts as a mid-epoch checkpoint stores them."""
+        return [self.window_batches, self.batches, self.seen]
+
+    def result(self, skipped_steps: int) -> TrainResult:
+        """The run's outcome, at its end."""
+        return TrainResult(
+            best_value=self.best_value,
+            best_epoch=self.best_epoch,
+            epochs_run=self.epochs_run,
+            stopped_early=self.stopped_early,
+            stop_reason=self.stop_reason,
+            history=self.history,
+            seconds=time.perf_counter() - self.start,
+            skipped_steps=skipped_steps,
+        )
+
+
+@dataclass
+class _Fit:
+    """One fit's fixed parts: the caller's records and what :meth:`Trainer._setup` prepared."""
+
+    hooks: FitHooks
+    monitor: str  # the key of ``hooks.evaluate``'s result that picks the best epoch
+    mode: str  # "min" or "max": whether a lower or a higher ``monitor`` is better
+    state: StateOptions
+    model: Any = None  # prepared by Accelerate (wrapped under DDP or torch.compile)
+    optimizer: Any = None
+    scheduler: Any = None
+    train_dl: Any = None
+    val_dl: Any = None
+    sampler: Any = None  # the training loader's sampler: its order is a function of (seed, epoch)
+    loss_fn: Any = None  # on the device
+    total: int = 0  # optimizer steps in the whole run
+    interactive: bool = False  # a live progress bar (the main process on a terminal)
+    verbose: bool = False  # a line per log and per checkpoint (the main process, verbose mode)
 
 
 def _logits(out: Any) -> Any:
@@ -260,282 +442,337 @@ class Trainer:
         val_set: Any,
         collate: Any,
         loss_fn: Any,
-        evaluate: Callable[[Any, Any], dict[str, float]],
+        hooks: FitHooks,
+        *,
         monitor: str,
         mode: str,
-        save_best: Callable[[Any], None],
-        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-        on_log: Callable[[int, dict[str, float]], None] | None = None,
         sample_weights: np.ndarray | None = None,
-        state_dir: Path | None = None,
-        resume: Path | None = None,
-        on_checkpoint: Callable[[Path], dict[str, Any]] | None = None,
-        on_epoch_start: Callable[[Any, int], None] | None = None,
+        state: StateOptions | None = None,
     ) -> TrainResult:
         """Train for ``config.epochs`` epochs, evaluating on ``val_set`` after each.
 
-        :param evaluate: ``(logits, labels) -> metrics`` on CPU tensors of the whole split;
-            must include ``"loss"``.
-        :param monitor: the metric (key of ``evaluate``'s result) that picks the best epoch.
-        :param save_best: called with the unwrapped model whenever ``monitor`` improves.
-        :param state_dir: where training-state checkpoints go (``RUN/state``); ``None``: none.
-        :param resume: a checkpoint folder (``state/step-NNNNNN``) to continue from.
-        :param on_checkpoint: ``(tmp_dir) -> dict`` called by the main process while a
-            checkpoint is written; may add files and returns values kept in its state.
-        :param on_epoch_start: ``(unwrapped model, epoch)`` called before each training epoch
-            (the pipeline passes :meth:`tuneforge.components.Task.on_epoch_start`), e.g. to
-            freeze a backbone for the first epochs.
+        The loop, over one :class:`LoopState`: :meth:`_setup` (loaders, optimizer, schedule,
+        Accelerate), :meth:`_start` (fresh, or from ``state.resume``); per epoch
+        :meth:`_train_epoch` (each batch :meth:`_batch`: :meth:`_train_step`, :meth:`_log`, the
+        periodic :meth:`_checkpoint`), :meth:`_evaluate`, :meth:`_should_stop` and the epoch-end
+        checkpoint; the :class:`TrainResult` at the end.
+
+        :param model: the torch model; called as ``model(**batch)`` without ``"labels"`` and
+            ``"sample_weight"``, it returns logits or an object with ``.logits``.
+        :param train_set: the training Dataset: items are dicts with ``"labels"``.
+        :param val_set: the validation Dataset, evaluated after each epoch.
+        :param collate: the loaders' ``collate_fn`` (a dict of tensors per batch).
+        :param loss_fn: a torch loss module, ``(logits, labels) -> loss``.
+        :param hooks: evaluation, the best model's saving and the run's observers.
+        :param monitor: the metric (key of ``hooks.evaluate``'s result) that picks the best epoch.
+        :param mode: ``"min"`` or ``"max"``: whether a lower or a higher ``monitor`` is better.
+        :param sample_weights: per-example draw weights of the training set (a weighted
+            sampler); ``None``: a seeded shuffle.
+        :param state: training-state checkpoints and resume; ``None``: neither.
         """
-        import torch
+        fit = _Fit(hooks, monitor, mode, state if state is not None else StateOptions())
+        self._setup(fit, model, train_set, val_set, collate, loss_fn, sample_weights)
+        loop = self._start(fit)
+        for epoch in range(loop.epoch, self.config.epochs + 1):
+            train_loss, seconds = self._train_epoch(fit, loop, epoch)
+            value = self._evaluate(fit, loop, train_loss, seconds)
+            if self._should_stop(fit, loop, value):
+                break
+            if fit.state.state_dir is not None and epoch < self.config.epochs:
+                self._checkpoint(fit, loop, at_epoch_end=True)
+        return loop.result(self.skipped_steps)
+
+    def _setup(
+        self,
+        fit: _Fit,
+        model: Any,
+        train_set: Any,
+        val_set: Any,
+        collate: Any,
+        loss_fn: Any,
+        sample_weights: np.ndarray | None,
+    ) -> None:
+        """Build the loaders, optimizer and schedule, and prepare them with Accelerate."""
         from accelerate.utils import set_seed
-        from tqdm.auto import tqdm
         from transformers import get_scheduler
 
-        from tuneforge.sampling import EpochBatchSampler, check_prepared, find_sampler, set_epoch
+        from tuneforge.sampling import EpochBatchSampler, check_prepared, find_sampler
 
         cfg, acc = self.config, self.accelerator
         set_seed(cfg.seed, deterministic=cfg.deterministic)
         train_dl = self._loader(train_set, collate, cfg.batch_size, True, sample_weights)
-        train_sampler = find_sampler(train_dl)  # its order is a function of (seed, epoch)
-        merged = isinstance(train_sampler, EpochBatchSampler) and train_sampler.merges_last
-        if merged and self.is_main:
+        sampler = find_sampler(train_dl)  # its order is a function of (seed, epoch)
+        if isinstance(sampler, EpochBatchSampler) and sampler.merges_last and self.is_main:
             self.console(
                 "the last training batch of 1 example is merged into the one before "
-                f"(N = {train_sampler.num_samples}, batch size {train_sampler.batch_size})"
+                f"(N = {sampler.num_samples}, batch size {sampler.batch_size})"
             )
         val_dl = self._loader(val_set, collate, cfg.eval_batch_size or cfg.batch_size * 2, False)
         optimizer = self._optimizer(model)
         steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
-        total = steps_per_epoch * cfg.epochs
+        fit.total = steps_per_epoch * cfg.epochs
         schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
             cfg.schedule
         ]
         scheduler = get_scheduler(
             schedule,
             optimizer,
-            num_warmup_steps=int(cfg.warmup_ratio * total),
-            num_training_steps=total,
+            num_warmup_steps=int(cfg.warmup_ratio * fit.total),
+            num_training_steps=fit.total,
         )
-        model, optimizer, train_dl, val_dl, scheduler = acc.prepare(
+        fit.model, fit.optimizer, fit.train_dl, fit.val_dl, fit.scheduler = acc.prepare(
             model, optimizer, train_dl, val_dl, scheduler
         )
-        check_prepared(train_dl, train_sampler, acc.num_processes)  # sharded once, not replaced
-        loss_fn = loss_fn.to(acc.device)
-        result = TrainResult()
-        start = time.perf_counter()
-        bad_epochs = 0
-        step = 0
-        self._init_reliability(optimizer)
-        first_epoch, resumed, current_rng = 1, None, None
-        if resume is not None:
-            # everything checked (files, fit to these objects) before anything is applied
-            resumed, epoch_rng_saved = load_checkpoint(acc, resume, model, optimizer, scheduler)
-            current_rng = capture_rngs({})  # the process RNGs as Accelerate restored them
-            if resumed.get("num_batches") != len(train_dl) or resumed.get("epochs") != cfg.epochs:
-                raise UserError(
-                    f"{resume}: the checkpoint was written for {resumed.get('num_batches')} batches "
-                    f"x {resumed.get('epochs')} epochs, this run has {len(train_dl)} x "
-                    f"{cfg.epochs}; the data or config changed since the run started"
-                )
-            first_epoch, step, bad_epochs = resumed["epoch"], resumed["step"], resumed["bad_epochs"]
-            result.history = resumed["history"]
-            result.best_value, result.best_epoch = resumed["best_value"], resumed["best_epoch"]
-            result.epochs_run = resumed["epochs_run"]
-            self._chunks, self.skipped_steps = resumed["chunks"], resumed["skipped_steps"]
-            self._nf_run = resumed["nonfinite_run"]
-            if self.is_main:
-                self.console(
-                    f"resuming from {resume} (epoch {first_epoch}, batch "
-                    f"{resumed['batches_done']}/{len(train_dl)}, step {step})"
-                )
-        every = cfg.checkpoint_every_n_steps or 0
+        check_prepared(fit.train_dl, sampler, acc.num_processes)  # sharded once, not replaced
+        fit.sampler = sampler
+        fit.loss_fn = loss_fn.to(acc.device)
+        fit.interactive = self.console.interactive and self.is_main
+        fit.verbose = self.console.mode == "verbose" and self.is_main
+
+    def _start(self, fit: _Fit) -> LoopState:
+        """The loop state at the run's start: fresh, or with ``state.resume`` the checkpoint's
+        (everything checked, files and fit to these objects, before anything is applied)."""
+        loop = LoopState(start=time.perf_counter())
+        self._init_reliability(fit.optimizer)
+        resume = fit.state.resume
+        if resume is None:
+            return loop
+        cfg, acc = self.config, self.accelerator
+        saved, loop.resumed_rngs = load_checkpoint(
+            acc, resume, fit.model, fit.optimizer, fit.scheduler
+        )
+        loop.process_rngs = capture_rngs({})  # the process RNGs as Accelerate restored them
+        batches = len(fit.train_dl)
+        if saved.get("num_batches") != batches or saved.get("epochs") != cfg.epochs:
+            raise UserError(
+                f"{resume}: the checkpoint was written for {saved.get('num_batches')} batches "
+                f"x {saved.get('epochs')} epochs, this run has {batches} x "
+                f"{cfg.epochs}; the data or config changed since the run started"
+            )
+        loop.resume_from(saved)
+        self._chunks, self.skipped_steps = saved["chunks"], saved["skipped_steps"]
+        self._nf_run = saved["nonfinite_run"]
+        if self.is_main:
+            self.console(
+                f"resuming from {resume} (epoch {loop.epoch}, batch "
+                f"{saved['batches_done']}/{batches}, step {loop.step})"
+            )
+        return loop
+
+    def _train_epoch(self, fit: _Fit, loop: LoopState, epoch: int) -> tuple[float, float]:
+        """Train one epoch; returns its mean training loss and its duration in seconds.
+
+        A resumed checkpoint's epoch replays the data up to the checkpoint (loading only, no
+        compute): the sampler, worker and augmentation generators advance exactly as they did;
+        then the process RNGs are set to where the checkpoint left them.
+        """
+        from tqdm.auto import tqdm
+
+        from tuneforge.sampling import set_epoch
+
+        cfg, acc = self.config, self.accelerator
+        if fit.hooks.on_epoch_start is not None:
+            fit.hooks.on_epoch_start(acc.unwrap_model(fit.model), epoch)
+        fit.model.train()
+        set_epoch(fit.train_dl, fit.sampler, epoch)
+        loop.begin_epoch(epoch, acc.device)
+        skip = self._epoch_rngs(fit, loop)
+        batches = iter(fit.train_dl)
+        for _ in range(skip):
+            next(batches)
+        if skip:
+            restore_rngs(*loop.process_rngs, {})
+        bar = tqdm(
+            batches,
+            total=len(fit.train_dl),
+            initial=skip,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            disable=not fit.interactive,
+            dynamic_ncols=True,
+            unit="batch",
+            file=self.console.stream,
+        )
+        for batch in bar:
+            self._batch(fit, loop, batch, bar)
+        bar.close()
+        self._check_nonfinite()
         skip_policy = cfg.nonfinite == "skip"
-
-        def loop_state(epoch: int, batches_done: int, epoch_first_step: int) -> dict[str, Any]:
-            mid = batches_done > 0
-            return {
-                "epoch": epoch,
-                "batches_done": batches_done,
-                "step": step,
-                "epoch_first_step": epoch_first_step,
-                "num_batches": len(train_dl),
-                "epochs": cfg.epochs,
-                "epochs_run": result.epochs_run,
-                "best_value": result.best_value,
-                "best_epoch": result.best_epoch,
-                "bad_epochs": bad_epochs,
-                "history": result.history,
-                "chunks": self._chunks,
-                "skipped_steps": self.skipped_steps,
-                "nonfinite_run": self._nf_run,
-                "sums": [t.item() for t in (running, window, running_n, window_n)] if mid else [],
-                "counts": [n_window, n_batches, seen] if mid else [],
-            }
-
-        def checkpoint(state: dict[str, Any], rngs: Any) -> None:
-            assert state_dir is not None
-            saved = save_checkpoint(
-                acc, state_dir, step, state, rngs, cfg.keep_checkpoints, on_checkpoint
+        mean = loop.running / (loop.running_n if skip_policy else max(loop.batches, 1))
+        train_loss = acc.reduce(mean, "mean").item()
+        if not math.isfinite(train_loss) and not skip_policy:  # skip: the bound decides
+            raise UserError(
+                f"training diverged: train loss is {train_loss} in epoch {epoch}; lower trainer.lr "
+                f"(now {cfg.lr:g})"
             )
-            if saved is not None and verbose:
-                self.console.detail(f"checkpoint {saved.name}")
+        return train_loss, time.perf_counter() - loop.epoch_start
 
-        interactive = self.console.interactive and self.is_main
-        verbose = self.console.mode == "verbose" and self.is_main
-        for epoch in range(first_epoch, cfg.epochs + 1):
-            if on_epoch_start is not None:
-                on_epoch_start(acc.unwrap_model(model), epoch)
-            model.train()
-            set_epoch(train_dl, train_sampler, epoch)
-            first_step = step
-            t0 = time.perf_counter()
-            running = torch.zeros((), device=acc.device)
-            window = torch.zeros((), device=acc.device)
-            n_window = 0
-            n_batches = 0
-            seen = 0
-            window_seen, window_start = 0, t0
-            running_n = torch.zeros((), device=acc.device)  # finite losses summed (skip policy)
-            window_n = torch.zeros((), device=acc.device)
-            # The data's own generators (sampler, dataset, augmenters), for checkpoints.
-            keep_state = state_dir is not None or resumed is not None
-            holders = find_rngs(train_dl, "train_dl") if keep_state else {}
-            skip = 0
-            if resumed is not None:
-                missing = restore_rngs(*epoch_rng_saved, holders)
-                if missing and self.is_main:
-                    self.console.result(f"warning: resume: no generator at {', '.join(missing)}")
-                skip = resumed["batches_done"]
-                if skip:
-                    first_step = resumed["epoch_first_step"]
-                    r, w, rn, wn = resumed["sums"]
-                    running.fill_(r), window.fill_(w), running_n.fill_(rn), window_n.fill_(wn)
-                    n_window, n_batches, seen = resumed["counts"]
-                resumed = None
-            epoch_rng = capture_rngs(holders) if state_dir is not None else None
-            batches = iter(train_dl)
-            # Replay the data up to the checkpoint (loading only, no compute): the sampler,
-            # worker and augmentation generators advance exactly as they did; then the
-            # process RNGs are set to where the checkpoint left them.
-            for _ in range(skip):
-                next(batches)
-            if skip:
-                restore_rngs(*current_rng, {})
-            bar = tqdm(
-                batches,
-                total=len(train_dl),
-                initial=skip,
-                desc=f"epoch {epoch}/{cfg.epochs}",
-                leave=False,
-                disable=not interactive,
-                dynamic_ncols=True,
-                unit="batch",
-                file=self.console.stream,
+    def _epoch_rngs(self, fit: _Fit, loop: LoopState) -> int:
+        """The data's own generators (sampler, dataset, augmenters) at an epoch's start, kept
+        for its checkpoints; in a resumed checkpoint's epoch first set back to where they were
+        when that epoch began. Returns the batches to replay (the checkpoint's, or 0)."""
+        keep_state = fit.state.state_dir is not None or loop.resumed is not None
+        holders = find_rngs(fit.train_dl, "train_dl") if keep_state else {}
+        skip = 0
+        if loop.resumed is not None:
+            missing = restore_rngs(*loop.resumed_rngs, holders)
+            if missing and self.is_main:
+                self.console.result(f"warning: resume: no generator at {', '.join(missing)}")
+            skip = loop.resume_epoch()
+        loop.epoch_rngs = capture_rngs(holders) if fit.state.state_dir is not None else None
+        return skip
+
+    def _batch(self, fit: _Fit, loop: LoopState, batch: dict[str, Any], bar: Any) -> None:
+        """One loader batch (:meth:`_train_step`); after an optimizer step, the log every
+        ``trainer.log_every_n_steps`` steps and the checkpoint every
+        ``trainer.checkpoint_every_n_steps``."""
+        cfg, acc = self.config, self.accelerator
+        labels = batch.pop("labels")
+        weights = batch.pop("sample_weight", None)
+        with acc.accumulate(fit.model):
+            detached = self._train_step(
+                fit.model,
+                batch,
+                labels,
+                weights,
+                fit.loss_fn,
+                fit.optimizer,
+                fit.scheduler,
+                loop.epoch,
+                loop.step,
             )
-            for batch in bar:
-                labels = batch.pop("labels")
-                weights = batch.pop("sample_weight", None)
-                with acc.accumulate(model):
-                    detached = self._train_step(
-                        model, batch, labels, weights, loss_fn, optimizer, scheduler, epoch, step
-                    )
-                if skip_policy:  # skipped steps' losses stay out of the logged means
-                    finite = torch.isfinite(detached)
-                    detached = torch.where(finite, detached, 0.0)
-                    running_n += finite
-                    window_n += finite
-                running += detached
-                window += detached
-                n_window += 1
-                n_batches += 1
-                seen += labels.shape[0]
-                window_seen += labels.shape[0]
-                if acc.sync_gradients:
-                    step += 1
-                    if step % cfg.log_every_n_steps == 0:
-                        # one host sync per log interval; the mean over processes
-                        self._check_nonfinite()
-                        mean = window / (window_n if skip_policy else n_window)
-                        value = acc.reduce(mean, "mean").item()
-                        window.zero_()
-                        window_n.zero_()
-                        n_window = 0
-                        lr = scheduler.get_last_lr()[0]
-                        now = time.perf_counter()
-                        rate = window_seen * acc.num_processes / max(now - window_start, 1e-9)
-                        window_seen, window_start = 0, now
-                        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.0f}")
-                        if verbose and not interactive:
-                            left = (total - step) * (now - start) / step
-                            self.console.detail(
-                                f"epoch {epoch}/{cfg.epochs} step {step}/{total} loss {value:.4f} "
-                                f"lr {lr:.2e} {rate:.0f} samples/s eta {left:.0f}s"
-                            )
-                        if on_log is not None:
-                            on_log(
-                                step, {"train.loss": value, "lr": lr, "train.samples_per_s": rate}
-                            )
-                    if state_dir is not None and every and step % every == 0:
-                        self._check_nonfinite()  # never checkpoint a diverged model
-                        checkpoint(loop_state(epoch, n_batches, first_step), epoch_rng)
-            bar.close()
-            self._check_nonfinite()
-            mean = running / (running_n if skip_policy else max(n_batches, 1))
-            train_loss = acc.reduce(mean, "mean").item()
-            if not math.isfinite(train_loss) and not skip_policy:  # skip: the bound decides
-                raise UserError(
-                    f"training diverged: train loss is {train_loss} in epoch {epoch}; lower trainer.lr "
-                    f"(now {cfg.lr:g})"
-                )
-            train_seconds = time.perf_counter() - t0
-            logits, labels = self.predict(model, val_dl)
-            metrics = evaluate(logits, labels)
-            row = {
-                "epoch": float(epoch),
-                "train.loss": train_loss,
-                # every process runs as many batches (Accelerate evens them out)
-                "train.samples_per_s": seen * acc.num_processes / max(train_seconds, 1e-9),
-                "train.steps": float(step - first_step),  # optimizer steps in this epoch
-            }
-            row.update({f"val.{k}": float(v) for k, v in metrics.items()})
-            result.history.append(row)
-            result.epochs_run = epoch
-            value = float(metrics[monitor])
-            best = improved(value, result.best_value, mode, cfg.early_stopping_min_delta)
-            if best:
-                result.best_value, result.best_epoch = value, epoch
-                bad_epochs = 0
-                acc.wait_for_everyone()
-                if self.is_main:
-                    save_best(acc.unwrap_model(model))
-            else:
-                bad_epochs += 1
+        # with the skip policy, skipped steps' losses stay out of the logged means
+        loop.add(detached, labels.shape[0], cfg.nonfinite == "skip")
+        if not acc.sync_gradients:
+            return
+        loop.step += 1
+        if loop.step % cfg.log_every_n_steps == 0:
+            self._log(fit, loop, bar)
+        every = cfg.checkpoint_every_n_steps or 0
+        if fit.state.state_dir is not None and every and loop.step % every == 0:
+            self._check_nonfinite()  # never checkpoint a diverged model
+            self._checkpoint(fit, loop, at_epoch_end=False)
+
+    def _log(self, fit: _Fit, loop: LoopState, bar: Any) -> None:
+        """The mean training loss since the last log (one host sync per log interval; the mean
+        over processes) to the progress bar, the verbose console and ``hooks.on_log``."""
+        cfg, acc = self.config, self.accelerator
+        self._check_nonfinite()
+        mean = loop.window / (loop.window_n if cfg.nonfinite == "skip" else loop.window_batches)
+        value = acc.reduce(mean, "mean").item()
+        loop.window.zero_()
+        loop.window_n.zero_()
+        loop.window_batches = 0
+        lr = fit.scheduler.get_last_lr()[0]
+        now = time.perf_counter()
+        rate = loop.window_seen * acc.num_processes / max(now - loop.window_start, 1e-9)
+        loop.window_seen, loop.window_start = 0, now
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.0f}")
+        if fit.verbose and not fit.interactive:
+            left = (fit.total - loop.step) * (now - loop.start) / loop.step
+            self.console.detail(
+                f"epoch {loop.epoch}/{cfg.epochs} step {loop.step}/{fit.total} loss {value:.4f} "
+                f"lr {lr:.2e} {rate:.0f} samples/s eta {left:.0f}s"
+            )
+        if fit.hooks.on_log is not None:
+            fit.hooks.on_log(
+                loop.step, {"train.loss": value, "lr": lr, "train.samples_per_s": rate}
+            )
+
+    def _evaluate(self, fit: _Fit, loop: LoopState, train_loss: float, seconds: float) -> float:
+        """Score the validation split after an epoch: its history row, the best model saved on
+        an improvement, the epoch table, ``hooks.on_epoch_end``; returns the monitored value."""
+        acc = self.accelerator
+        logits, labels = self.predict(fit.model, fit.val_dl)
+        metrics = fit.hooks.evaluate(logits, labels)
+        row = {
+            "epoch": float(loop.epoch),
+            "train.loss": train_loss,
+            # every process runs as many batches (Accelerate evens them out)
+            "train.samples_per_s": loop.seen * acc.num_processes / max(seconds, 1e-9),
+            "train.steps": float(loop.step - loop.first_step),  # optimizer steps in this epoch
+        }
+        row.update({f"val.{k}": float(v) for k, v in metrics.items()})
+        loop.history.append(row)
+        loop.epochs_run = loop.epoch
+        value = float(metrics[fit.monitor])
+        best = improved(value, loop.best_value, fit.mode, self.config.early_stopping_min_delta)
+        if best:
+            loop.best_value, loop.best_epoch = value, loop.epoch
+            loop.bad_epochs = 0
+            acc.wait_for_everyone()
             if self.is_main:
-                self.console.epoch_table(row, train_seconds, best)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
-            if not math.isfinite(value):
-                result.stopped_early, result.stop_reason = True, f"val.{monitor} is {value}"
-                break
-            if (
-                cfg.early_stopping_patience is not None
-                and bad_epochs >= cfg.early_stopping_patience
-            ):
-                result.stopped_early = True
-                result.stop_reason = (
-                    f"early stopping: val.{monitor} did not improve for {bad_epochs} epochs"
-                )
-                if self.is_main:
-                    self.console(result.stop_reason)
-                break
-            if state_dir is not None and epoch < cfg.epochs:
-                # The next epoch's start: its generators are the ones in use now.
-                checkpoint(
-                    loop_state(epoch + 1, 0, step), capture_rngs(find_rngs(train_dl, "train_dl"))
-                )
-        result.seconds = time.perf_counter() - start
-        result.skipped_steps = self.skipped_steps
-        return result
+                fit.hooks.save_best(acc.unwrap_model(fit.model))
+        else:
+            loop.bad_epochs += 1
+        if self.is_main:
+            self.console.epoch_table(row, seconds, best)
+        if fit.hooks.on_epoch_end is not None:
+            fit.hooks.on_epoch_end(loop.epoch, row)
+        return value
+
+    def _should_stop(self, fit: _Fit, loop: LoopState, value: float) -> bool:
+        """Whether the run ends after this epoch: a non-finite monitored value, or
+        ``trainer.early_stopping_patience`` epochs without an improvement."""
+        if not math.isfinite(value):
+            loop.stopped_early, loop.stop_reason = True, f"val.{fit.monitor} is {value}"
+            return True
+        patience = self.config.early_stopping_patience
+        if patience is None or loop.bad_epochs < patience:
+            return False
+        loop.stopped_early = True
+        loop.stop_reason = (
+            f"early stopping: val.{fit.monitor} did not improve for {loop.bad_epochs} epochs"
+        )
+        if self.is_main:
+            self.console(loop.stop_reason)
+        return True
+
+    def _checkpoint(self, fit: _Fit, loop: LoopState, at_epoch_end: bool) -> None:
+        """Write a training-state checkpoint at ``loop.step``: mid-epoch with the data's
+        generators as the epoch's iterator was made (a resume replays the epoch to here), or
+        ``at_epoch_end`` as the next epoch's start, whose generators are the ones in use now."""
+        assert fit.state.state_dir is not None
+        record = self._loop_record(fit, loop, at_epoch_end)
+        if at_epoch_end:
+            rngs = capture_rngs(find_rngs(fit.train_dl, "train_dl"))
+        else:
+            rngs = loop.epoch_rngs
+        saved = save_checkpoint(
+            self.accelerator,
+            fit.state.state_dir,
+            loop.step,
+            record,
+            rngs,
+            self.config.keep_checkpoints,
+            fit.state.on_checkpoint,
+        )
+        if saved is not None and fit.verbose:
+            self.console.detail(f"checkpoint {saved.name}")
+
+    def _loop_record(self, fit: _Fit, loop: LoopState, at_epoch_end: bool) -> dict[str, Any]:
+        """The loop state as ``trainer_state.json`` stores it (the keys of
+        :data:`tuneforge.checkpoint.LOOP_STATE`, in this order): mid-epoch, or the next
+        epoch's start (no sums or counts)."""
+        mid = not at_epoch_end
+        return {
+            "epoch": loop.epoch if mid else loop.epoch + 1,
+            "batches_done": loop.batches if mid else 0,
+            "step": loop.step,
+            "epoch_first_step": loop.first_step if mid else loop.step,
+            "num_batches": len(fit.train_dl),
+            "epochs": self.config.epochs,
+            "epochs_run": loop.epochs_run,
+            "best_value": loop.best_value,
+            "best_epoch": loop.best_epoch,
+            "bad_epochs": loop.bad_epochs,
+            "history": loop.history,
+            "chunks": self._chunks,
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_run": self._nf_run,
+            "sums": loop.sums() if mid else [],
+            "counts": loop.counts() if mid else [],
+        }
 
     # -- reliability: OOM retry, non-finite steps, checkpoints ------------------------------
     def _init_reliability(self, optimizer: Any) -> None:

@@ -223,7 +223,7 @@ def _fit(train: list[dict], **trainer: object):
 
     from tuneforge.config import TrainerConfig
     from tuneforge.console import Console
-    from tuneforge.trainer import Trainer
+    from tuneforge.trainer import FitHooks, Trainer
 
     cfg = TrainerConfig(
         **{
@@ -249,10 +249,9 @@ def _fit(train: list[dict], **trainer: object):
         _rows(64, seed=99),
         _collate,
         torch.nn.CrossEntropyLoss(),
-        evaluate,
-        "loss",
-        "min",
-        lambda m: None,
+        FitHooks(evaluate=evaluate, save_best=lambda m: None),
+        monitor="loss",
+        mode="min",
     )
     return tr, model, result
 

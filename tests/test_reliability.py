@@ -20,7 +20,7 @@ import torch
 from tuneforge.config import TrainerConfig
 from tuneforge.console import Console
 from tuneforge.errors import UserError
-from tuneforge.trainer import Trainer
+from tuneforge.trainer import FitHooks, Trainer
 
 from conftest import run_cli
 
@@ -119,10 +119,9 @@ def fit(
         data(32, seed=99),
         collate,
         torch.nn.CrossEntropyLoss(),
-        evaluate,
-        "loss",
-        "min",
-        lambda m: None,
+        FitHooks(evaluate=evaluate, save_best=lambda m: None),
+        monitor="loss",
+        mode="min",
     )
     return tr, tr.accelerator.unwrap_model(model), result, out.getvalue()
 

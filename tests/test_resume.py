@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +178,118 @@ def test_which_folder_resume_picks(tmp_path: Path) -> None:
     os.utime(final / "run.json", (5_000, 5_000))
     with pytest.raises(UserError, match="completed run: nothing to resume"):
         find_resumable(final)
+
+
+# -- the trainer's loop state, in process -------------------------------------------------------
+class NoisyRows(torch.utils.data.Dataset):
+    """Rows, for training with noise from their own generator (like an augmenter's): a resume
+    must restore it."""
+
+    def __init__(self, n: int, seed: int, bad_row: int | None = None, noise: float = 0.0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = (self.x[:, 0] > 0).long() + (self.x[:, 1] > 0.5).long()
+        if bad_row is not None:  # its steps are skipped (nonfinite: skip)
+            self.x[bad_row] = float("nan")
+        self.rng, self.noise = np.random.default_rng(seed), noise
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        if not self.noise:
+            return {"x": self.x[i], "labels": self.y[i]}
+        noise = torch.tensor(self.rng.normal(size=4), dtype=torch.float32) * self.noise
+        return {"x": self.x[i] + noise, "labels": self.y[i]}
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _collate(rows: list[dict]) -> dict:
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _fit(state_dir: Path, resume: Path | None = None) -> tuple[list, list, list]:
+    """A 3-epoch fit with a checkpoint every optimizer step: (history, hook calls, weights)."""
+    from tuneforge.config import TrainerConfig
+    from tuneforge.console import Console
+    from tuneforge.trainer import FitHooks, StateOptions, Trainer
+
+    cfg = TrainerConfig(
+        epochs=3,
+        batch_size=16,
+        lr=1e-2,
+        device="cpu",
+        precision="fp32",
+        num_workers=0,
+        early_stopping_patience=None,
+        log_every_n_steps=1,
+        gradient_accumulation_steps=2,
+        nonfinite="skip",
+        checkpoint_every_n_steps=1,
+        keep_checkpoints=100,
+    )
+    trainer = Trainer(cfg, Console("quiet"))
+    model = _Net()
+    calls: list = []
+
+    def evaluate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return {"loss": float(torch.nn.functional.cross_entropy(logits, labels))}
+
+    def no_rates(values: dict) -> dict:
+        return {k: v for k, v in values.items() if "per_s" not in k}
+
+    hooks = FitHooks(
+        evaluate=evaluate,
+        save_best=lambda m: calls.append(("best", [p.sum().item() for p in m.parameters()])),
+        on_epoch_start=lambda m, epoch: calls.append(("start", epoch)),
+        on_log=lambda step, values: calls.append(("log", step, no_rates(values))),
+        on_epoch_end=lambda epoch, row: calls.append(("end", epoch, no_rates(row))),
+    )
+    result = trainer.fit(
+        model,
+        NoisyRows(65, seed=1, bad_row=7, noise=0.01),  # the last batch (1 row) is merged
+        NoisyRows(32, seed=2),
+        _collate,
+        torch.nn.CrossEntropyLoss(),
+        hooks,
+        monitor="loss",
+        mode="min",
+        sample_weights=np.linspace(0.5, 2.0, 65),
+        state=StateOptions(state_dir=state_dir, resume=resume),
+    )
+    history = [{k: v for k, v in r.items() if "per_s" not in k} for r in result.history]
+    calls.append(("skipped", result.skipped_steps, result.best_epoch, result.stopped_early))
+    weights = [p.detach().clone() for p in trainer.accelerator.unwrap_model(model).parameters()]
+    return history, calls, weights
+
+
+def test_every_training_state_checkpoint_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Mid-epoch and epoch-end checkpoints alike: the same history rows, the same hook calls
+    from the checkpoint on, and the same final weights, bit for bit."""
+    ref_history, ref_calls, ref_weights = _fit(tmp_path / "ref")
+    assert ref_calls[-1][0] == "skipped" and ref_calls[-1][1] >= 1  # the bad row was drawn
+    assert len(ref_history) == 3
+    checkpoints = sorted((tmp_path / "ref").glob("step-*"))
+    assert [p.name for p in checkpoints] == [f"step-{s:06d}" for s in range(1, 7)]
+    for ckpt in checkpoints:
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        history, calls, weights = _fit(tmp_path / f"from-{ckpt.name}", resume=ckpt)
+        assert history == ref_history, ckpt.name
+        # from where the checkpoint was: the later steps' logs, epoch ends and best models
+        later = [c for c in calls if c[0] != "start"]
+        assert later == [c for c in ref_calls if c[0] != "start"][-len(later) :], ckpt.name
+        assert [c[1] for c in later if c[0] == "log"] == list(range(state["step"] + 1, 7))
+        # the checkpoint's epoch starts again (a task may freeze layers in it)
+        assert [c[1] for c in calls if c[0] == "start"] == list(range(state["epoch"], 4))
+        for a, b in zip(weights, ref_weights, strict=True):
+            assert torch.equal(a, b), ckpt.name
