@@ -37,8 +37,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tuneforge.errors import UserError, short
 
 STATE_DIR = "state"
@@ -79,6 +77,7 @@ def find_rngs(root: Any, prefix: str, depth: int = 6) -> dict[str, Any]:
     objects held by a data loader, its sampler, its dataset and the dataset's augmenters, keyed
     by their attribute path (stable from one process to the next for the same objects).
     """
+    import numpy as np
     import torch
 
     found: dict[str, Any] = {}
@@ -119,6 +118,7 @@ def find_rngs(root: Any, prefix: str, depth: int = 6) -> dict[str, Any]:
 
 def capture_rngs(holders: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The global generators' and ``holders``' states: (JSON-able part, tensors part)."""
+    import numpy as np
     import torch
 
     meta: dict[str, Any] = {
@@ -149,6 +149,7 @@ def restore_rngs(
     meta: dict[str, Any], tensors: dict[str, Any], holders: dict[str, Any]
 ) -> list[str]:
     """Set the generators back to a captured state; returns the paths it could not find."""
+    import numpy as np
     import torch
 
     missing = []
@@ -197,6 +198,8 @@ def _np_state(state: tuple[Any, ...]) -> list[Any]:
 
 
 def _np_unstate(state: list[Any]) -> tuple[Any, ...]:
+    import numpy as np
+
     name, keys, pos, has_gauss, cached = state
     return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
 
@@ -496,6 +499,7 @@ def _safetensors_shapes(f: Path) -> dict[str, tuple[int, ...]]:
 
 def _check_random_states(f: Path, states: Any) -> None:
     """``random_states_N.pkl`` holds what Accelerate saved: each generator takes its state."""
+    import numpy as np
     import torch
 
     try:
@@ -517,6 +521,7 @@ def _check_random_states(f: Path, states: Any) -> None:
 
 def _check_epoch_rngs(path: Path, meta: Any, tensors: dict[str, Any]) -> None:
     """``epoch_rng.json`` + ``.safetensors`` hold generator states of the kinds captured."""
+    import numpy as np
     import torch
 
     json_file, tensor_file = path / EPOCH_RNG_JSON, path / EPOCH_RNG_TENSORS
@@ -693,6 +698,7 @@ def _check_fits(path: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
 def _check_restored(f: Path, states: dict[str, Any]) -> None:
     """The process generators hold the states of ``random_states_N.pkl`` (Accelerate's
     ``load_state`` only logs at info level when it could not set them)."""
+    import numpy as np
     import torch
 
     py = random.getstate()

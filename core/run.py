@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
-import yaml
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
@@ -578,6 +577,8 @@ class RunFolder:
         self.write_text(name, to_json(obj))
 
     def write_yaml(self, name: str, obj: Any) -> None:
+        import yaml
+
         self.write_text(name, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
 
     def log_history(self, record: dict[str, Any]) -> None:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from tuneforge import hookimpl
@@ -20,6 +19,9 @@ from tuneforge.components import StrictConfig, Trial, Tuner
 from tuneforge.errors import ConfigError
 from tuneforge.hookspecs import Register
 from tuneforge.secrets import mask_uri
+
+if TYPE_CHECKING:  # pragma: no cover - numpy is imported where it is used (fast start-up)
+    import numpy as np
 
 #: The optuna trial attribute that records each trial's run folder (any worker's).
 RUN_DIR_ATTR = "tuneforge.run_dir"
@@ -85,6 +87,8 @@ class RandomSearch(Tuner):
         seed: int = 0
 
     def search(self, space: dict[str, Any], objective: Any, direction: str) -> list[Trial]:
+        import numpy as np
+
         rng = np.random.default_rng(self.config.seed)
         params = [{k: sample(d, rng) for k, d in space.items()} for _ in range(self.config.trials)]
         return _run(objective, params)
@@ -92,6 +96,8 @@ class RandomSearch(Tuner):
 
 def _plain(value: Any) -> Any:
     """NumPy scalars (from scikit-optimize) as plain Python values for the config."""
+    import numpy as np
+
     return value.item() if isinstance(value, np.generic) else value
 
 
