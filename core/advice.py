@@ -258,8 +258,9 @@ def refine(
     """
     import pandas as pd
 
-    from tuneforge.pipeline import make_plugin_manager, run
+    from tuneforge.manager import make_plugin_manager
     from tuneforge.run import atomic_write_text
+    from tuneforge.training import run
 
     record = load_record(run_dir)
     cfg_for_plugins = patched_config(record, {}, record.path)

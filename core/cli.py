@@ -95,10 +95,29 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
     _add_verbosity_args(p)
     _add_plugin_args(p)
 
-    p = sub.add_parser("validate", help="data-quality report only (no training, writes nothing)")
+    p = sub.add_parser(
+        "validate",
+        help="data-quality report only (no training; writes nothing but --show-augmented images)",
+    )
     p.add_argument("config", type=Path)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.add_argument(
+        "--show-augmented",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also show what the augmenters make of N training examples (drawn with "
+        "trainer.seed), before -> after; image tasks write PNGs into --preview-dir",
+    )
+    p.add_argument(
+        "--preview-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a new or empty folder for --show-augmented's image files (default: a new "
+        "temporary folder, printed); never inside the run folder",
+    )
     _add_plugin_args(p)
 
     p = sub.add_parser("predict", help="predict with a finished run's checkpoint")
@@ -160,7 +179,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path, dict[str, Any], list[tup
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tuneforge.pipeline import resume_run, run
+    from tuneforge.resume import resume_run
+    from tuneforge.training import run
 
     if args.resume is not None:
         if args.config is not None or args.overrides or args.overwrite:
@@ -181,9 +201,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tuneforge.pipeline import class_counts, leakage_check, prepare, run_validators, split_data
+    from tuneforge.prepare import leakage_check, prepare, run_validators, split_data
 
     cfg, base, _, _ = _load(args)
+    if args.show_augmented is not None:
+        from tuneforge.preview import check_request
+
+        check_request(args.show_augmented, args.preview_dir, cfg.output.dir)
+    elif args.preview_dir is not None:
+        raise UserError("--preview-dir is where --show-augmented N writes: give --show-augmented")
     pm = _manager(args, cfg, base)
     prep = prepare(cfg, base, pm)
     data = run_validators(prep)
@@ -197,9 +223,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "split": split.sizes(),
         "split_notes": split.notes,
         "class_counts": {
-            s: class_counts(data, getattr(split, s)) for s in ("train", "val", "test")
+            s: prep.task.label_counts(data, getattr(split, s)) for s in ("train", "val", "test")
         },
     }
+    preview = None
+    if args.show_augmented is not None:
+        from tuneforge.preview import show_augmented
+
+        preview = show_augmented(prep, data, split, args.show_augmented, args.preview_dir)
+        report["augmented"] = preview.as_dict()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -214,12 +246,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for s, counts in report["class_counts"].items():
         if counts:
             _say(f"  {s}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    for line in preview.text() if preview is not None else []:
+        _say(line)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tuneforge.data import check_data_path
-    from tuneforge.pipeline import predict
+    from tuneforge.predict import predict
 
     # A FIFO or a device is refused before it is opened (the task decides about folders).
     check_data_path(args.input, "input file", folder_ok=True)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover - numpy/pandas stay out of start-up (`tuneforge plugins`)
     from pathlib import Path
 
+    import numpy as np
     import pandas as pd
 
     from tuneforge.data import TaskData
@@ -41,6 +41,12 @@ class StrictConfig(BaseModel):
 
 class Component:
     """A configurable component: ``Component(config)``."""
+
+    #: The problem kinds (:attr:`Task.problem`: ``"classification"``, ``"multilabel"``,
+    #: ``"regression"``...) a validator, balancer or metric supports; empty: every problem.
+    #: A config that selects it for a task of another problem is refused before anything runs,
+    #: naming the components of its kind that fit.
+    problems: ClassVar[tuple[str, ...]] = ()
 
     class Config(StrictConfig):
         pass
@@ -76,6 +82,9 @@ class FindingKind(StrEnum):
     # modality checks
     LONG_TEXT = "long-text"
     IMAGE_MODES = "image-modes"
+    UNREADABLE_IMAGE = "unreadable-image"
+    IMAGE_MODE = "image-mode"
+    IMAGE_TOO_SMALL = "image-too-small"
     MISSING_FEATURE = "missing-feature"
     # regression targets
     NON_NUMERIC_TARGET = "non-numeric-target"
@@ -203,14 +212,46 @@ class Balancer(Component):
 
 
 class Augmenter(Component):
-    """Transforms one training example (a dict of role -> value) on the fly."""
+    """Transforms one training example (a dict of role -> value) on the fly.
+
+    Called on the training split only, each time the dataset reads an example (so every epoch
+    sees new variants), in the order of the config's ``augmenters:`` list. The built-in tasks
+    pass:
+
+    - text tasks: ``{"text": str}``, plus ``"text_pair": str`` for a pair: the raw text after
+      the ``preprocessors:``, before tokenization;
+    - image tasks: ``{"image": numpy.ndarray}``: the decoded image as ``uint8``, height x
+      width x 3 (RGB) or height x width (grayscale), before the model's transform;
+    - tabular tasks: ``{"num": float32 array, "cat": int64 array, "label": ...}`` after the
+      feature preprocessing (numeric features imputed and standardised with train-split
+      statistics, categorical codes with 0 for missing or unseen); ``label`` is the class id
+      (one-hot class probabilities when a mixing augmenter is configured) or the target
+      value(s).
+
+    ``rng`` is a :class:`random.Random` for every modality (not a NumPy generator): one per
+    dataset, seeded from ``trainer.seed`` and reseeded from the worker's seed in each
+    DataLoader worker process. Draw every random choice from it, never from the global
+    :mod:`random`, :mod:`numpy.random` or torch, so that a seed gives the same augmentations;
+    seed a library's own generator from it (``np.random.default_rng(rng.getrandbits(32))``).
+
+    ``example`` and its values are read-only: they may be shared with the dataset (an image
+    array PIL owns, a mixing partner's row) and with ``tuneforge validate --show-augmented``,
+    which shows them beside the result. Never change them in place: return a new dict with
+    new values (``{**example, "text": new}``), or ``example`` itself when nothing changes.
+    """
 
     #: Modalities (input roles' kinds) the augmenter works on, e.g. {"text"}; empty: any.
     #: A config that names it for a task without such inputs is refused.
     modalities: ClassVar[frozenset[str]] = frozenset()
 
     def __call__(self, example: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        """The augmented copy of ``example`` (role -> value); draw randomness from ``rng``."""
+        """The augmented example: a new dict (``example`` is left unchanged), or ``example``
+        itself when this call changes nothing.
+
+        :param example: role -> value, as the task passes it (see the class docstring).
+        :param rng: the dataset's seeded :class:`random.Random`; draw every random choice
+            from it.
+        """
         raise NotImplementedError
 
 
@@ -231,16 +272,17 @@ class Preprocessor(Component):
 class Metric(Component):
     """A scalar computed from true targets, predictions and scores of one split."""
 
-    #: "classification", "regression" or "any".
-    problem: ClassVar[str] = "any"
+    #: Whether a larger value is better (picks the best epoch when it is ``trainer.monitor``).
     greater_is_better: ClassVar[bool] = True
 
     def __call__(self, y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None) -> float:
-        """The metric of one split.
+        """The metric of one split; declare :attr:`Component.problems` for the problems whose
+        outputs it understands.
 
-        :param y_true: true targets (class ids, or target values for regression).
-        :param y_pred: predictions as :meth:`Task.predictions` returns them.
-        :param y_score: class probabilities (rows x classes), or None (regression).
+        :param y_true: the dataset's ``labels`` for the split: class ids (classification), a
+            rows x labels 0/1 matrix (multilabel), target values (regression).
+        :param y_pred: predictions as :meth:`Task.predictions` returns them (same shape).
+        :param y_score: class or label probabilities (rows x outputs), or None (regression).
         """
         raise NotImplementedError
 
@@ -357,29 +399,60 @@ class Advisor(Component):
 
 
 class Task(Component, abc.ABC):
-    """A modality and a problem kind: data loading, datasets, model, loss, outputs, artifacts.
+    """A modality and a problem kind: data loading, preprocessing, datasets, model, loss,
+    outputs, artifacts.
 
-    Core calls these methods, in this order, for ``tuneforge run``: :meth:`defaults` (component
-    choices the config left out), :meth:`load`, then after validation :meth:`stratify_labels` and
-    :meth:`content_keys` (the split), :meth:`fit` (train-split state), :meth:`prepare`,
-    :meth:`make_dataset` (train, val), :meth:`collate_fn`, :meth:`build_model`, :meth:`loss_fn`,
-    :meth:`on_epoch_start` (before each training epoch), :meth:`save_artifacts` (each best
-    epoch), and for the test split :meth:`load_artifacts`, :meth:`make_dataset`,
-    :meth:`predictions` and :meth:`baselines`. ``tuneforge predict`` calls :meth:`load_inputs`,
-    :meth:`load_artifacts`, :meth:`predict_dataset`, :meth:`collate_fn` and :meth:`predictions`.
+    Core knows no modality and no problem kind: it calls these methods. For ``tuneforge run``,
+    in this order: :meth:`defaults` (component choices the config left out), :meth:`bind`
+    (the run's components), :meth:`load`; after the validators :meth:`after_validation`;
+    :meth:`stratify_labels` and :meth:`content_keys` (the split), :meth:`label_counts` and
+    :meth:`labels_record` (the run folder's ``split.json`` and ``labels.json``), :meth:`fit`
+    (train-split state), :meth:`prepare`, :meth:`make_dataset` (train, val),
+    :meth:`collate_fn`, :meth:`build_model`, :meth:`loss_fn`, :meth:`on_epoch_start` (before
+    each training epoch), :meth:`predictions` (each evaluation), :meth:`save_artifacts` (each
+    best epoch); after training :meth:`load_artifacts`, :meth:`after_training`,
+    :meth:`make_dataset` (test), :meth:`baselines`, :meth:`test_details` and
+    :meth:`prediction_frame`. ``tuneforge predict`` calls :meth:`bind`, :meth:`load_inputs`, :meth:`load_artifacts`,
+    :meth:`predict_dataset`, :meth:`collate_fn`, :meth:`predictions` and
+    :meth:`prediction_columns`.
 
-    ``tokenizer`` is the run's ``tokenizer:`` component (a text tokenizer, an image transform),
-    or None for tasks that need none (tables). ``model_builder`` is the run's ``model:``
-    component (:class:`ModelBuilder`). See :class:`tuneforge.plugins.text.task.TextClassificationTask`
-    for a complete example.
+    The problem kind's part (label encoding, loss, predictions, baselines, prediction columns,
+    stratification key, class counts) comes from a shared base the built-in tasks compose:
+    :class:`tuneforge.plugins.problems.SingleLabelClassification`,
+    :class:`tuneforge.plugins.multilabel.MultiLabelClassification` or
+    :class:`tuneforge.plugins.regression.RegressionTaskMixin`; a modality's part (reading
+    files, preprocessing, datasets) from the task itself. A task takes parameters through its
+    nested ``Config`` (``task: {name: ..., param: ...}``). See docs/plugins.md, "Writing a task".
     """
 
-    #: ``"classification"`` or ``"regression"``: which metrics, validators and balancers apply.
+    #: The problem kind: ``"classification"`` (one class per row), ``"multilabel"`` (a set of
+    #: labels per row) or ``"regression"``; validators, balancers and metrics declare the
+    #: problems they support (:attr:`Component.problems`).
     problem: ClassVar[str] = "classification"
     #: Input roles and their modality, e.g. {"text": "text", "text_pair": "text"}.
     roles: ClassVar[dict[str, str]] = {}
     #: The name the task is registered under; core sets it on the instance.
     name: str = ""
+    #: The run's ``tokenizer:`` component: this task's preprocessing component (a text
+    #: tokenizer, an image transform), or None for tasks that need none. Set by :meth:`bind`.
+    tokenizer: Any = None
+    #: The run's ``model:`` component (:class:`ModelBuilder`). Set by :meth:`bind`.
+    model_builder: ModelBuilder | None = None
+    #: The run's ``preprocessors:``, applied to raw inputs in order. Set by :meth:`bind`.
+    preprocessors: list[Preprocessor] = []
+
+    def bind(
+        self,
+        tokenizer: Any,
+        model_builder: ModelBuilder,
+        preprocessors: list[Preprocessor],
+    ) -> None:
+        """Give the task the run's components; core calls it once, before any other method
+        but :meth:`defaults`. The task owns its preprocessing from here on: no other method
+        receives them. Overriding methods must call ``super().bind(...)``."""
+        self.tokenizer = tokenizer
+        self.model_builder = model_builder
+        self.preprocessors = list(preprocessors)
 
     # -- data -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -411,111 +484,215 @@ class Task(Component, abc.ABC):
         leakage is reported as not checked."""
         return None
 
-    def stratify_labels(self, data: TaskData) -> np.ndarray | None:
-        """One stratum per row for the stratified split (e.g. target bins for regression).
+    def after_validation(self, data: TaskData, data_config: Any) -> TaskData:
+        """The data to split and train on, given what the validators left: e.g. check that
+        at least two classes remain and drop the classes no row has any more. Raise
+        :class:`~tuneforge.errors.DataError` when too little is left. By default ``data``."""
+        return data
 
-        None (the default): the class ids when the data has classes, else no stratification.
-        """
+    def stratify_labels(self, data: TaskData) -> np.ndarray | None:
+        """What the stratified split keeps in proportion, one row per example: a 1-D array
+        of strata (class ids, target bins), or a 2-D 0/1 matrix (rows x labels) for an
+        iterative multi-label stratification. None (the default): no stratification."""
         return None
 
-    def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: ModelBuilder) -> None:
+    def label_counts(self, data: TaskData, rows: np.ndarray) -> dict[str, int]:
+        """Examples per class (or per label) among ``rows``, for ``split.json`` and the
+        report. By default none (regression)."""
+        return {}
+
+    def labels_record(self, data: TaskData) -> dict[str, Any]:
+        """What ``labels.json`` must hold for :meth:`prediction_columns` at predict time
+        (e.g. ``{"classes": [...]}``); core adds ``label_column``, ``inputs``, ``modalities``
+        and ``problem``. By default nothing more."""
+        return {}
+
+    def fit(self, data: TaskData, train_rows: np.ndarray) -> None:
         """Learn train-split state (a target scaler, feature preprocessing) from ``train_rows``
         only, before any dataset is made. By default there is none."""
 
-    def baselines(
-        self, data: TaskData, split: Split, metrics: dict[str, Metric]
-    ) -> dict[str, float]:
-        """Reference models' test scores on the same split (e.g. ``mean_baseline_rmse``),
-        added to the test metrics. By default none (core adds the majority-class baseline for
-        classification itself)."""
-        return {}
-
     # -- training ---------------------------------------------------------------------------
-    def prepare(self, tokenizer: Any, model_builder: ModelBuilder) -> None:
-        """Set up ``tokenizer`` for ``model_builder`` (e.g. load the checkpoint's tokenizer)
-        before datasets are made. By default nothing."""
+    def prepare(self) -> None:
+        """Set up the preprocessing for training (e.g. load the tokenizer that matches
+        :meth:`ModelBuilder.checkpoint_path`) before datasets are made; not called by
+        ``predict``, where :meth:`load_artifacts` restores it. By default nothing."""
 
     @abc.abstractmethod
     def make_dataset(
+        self, data: TaskData, rows: np.ndarray, augmenters: list[Augmenter], seed: int
+    ) -> Any:
+        """A map-style torch dataset of ``rows`` (row labels of ``data``) whose items are dicts
+        of tensors including ``labels``; ``augmenters`` is empty except for the train split,
+        ``seed`` seeds their randomness."""
+
+    def preview_augmented(
         self,
         data: TaskData,
         rows: np.ndarray,
-        tokenizer: Any,
-        preprocessors: list[Preprocessor],
         augmenters: list[Augmenter],
         seed: int,
-    ) -> Any:
-        """A map-style torch dataset of ``rows`` (row labels of ``data``) whose items are dicts
-        of tensors including ``labels``; ``augmenters`` is empty except for the train split."""
+        folder: Path,
+    ) -> list[str]:
+        """What ``augmenters`` make of the training examples ``rows``, for
+        ``tuneforge validate --show-augmented N``: the lines to print, one or a few per
+        example, each naming its row and showing the input before and after augmentation.
+
+        Called after :meth:`fit` and :meth:`prepare`, as training calls them. Augment through
+        the code training uses (the dataset :meth:`make_dataset` makes, with ``seed``), so a
+        seed shows the same variants every time. A task that shows images writes them into
+        ``folder`` and names them in its lines by their path relative to ``folder``; it writes
+        nothing anywhere else. By default a single line saying that the task cannot preview.
+
+        :param rows: row labels of ``data``, drawn from the train split (before balancing).
+        :param seed: ``trainer.seed``, the seed training gives :meth:`make_dataset`.
+        :param folder: an empty folder the preview owns; core prints where it ends up.
+        """
+        return [f"task {self.name!r} cannot preview augmented examples"]
 
     @abc.abstractmethod
-    def predict_dataset(
-        self,
-        frame: pd.DataFrame,
-        data_config: Any,
-        tokenizer: Any,
-        preprocessors: list[Preprocessor],
-    ) -> Any:
+    def predict_dataset(self, frame: pd.DataFrame, data_config: Any) -> Any:
         """A dataset of the unlabelled rows :meth:`load_inputs` read."""
 
     @abc.abstractmethod
-    def collate_fn(self, tokenizer: Any, on_cuda: bool) -> Any:
+    def collate_fn(self, on_cuda: bool) -> Any:
         """The DataLoader ``collate_fn`` for this task's datasets: a list of items -> a batch
-        (dict of tensors); the model is called as ``model(**batch without labels)``."""
+        (dict of tensors); the model is called as ``model(**batch without labels)``.
+        ``on_cuda``: the batch goes to a GPU (pad to multiples of 8, say)."""
 
     @abc.abstractmethod
-    def build_model(self, model_builder: ModelBuilder, data: TaskData, tokenizer: Any) -> Any:
-        """A new ``torch.nn.Module`` for ``data`` (its classes or targets), built by
-        ``model_builder``; see :class:`ModelBuilder` for what its forward returns."""
+    def build_model(self, data: TaskData) -> Any:
+        """A new ``torch.nn.Module`` for ``data`` (its classes, labels or targets), built by
+        ``self.model_builder.build(spec)`` with a :class:`ModelSpec` of what this task's
+        preprocessing hands the model."""
 
     @abc.abstractmethod
     def loss_fn(self, class_weights: np.ndarray | None, focal_gamma: float | None = None) -> Any:
-        """The loss ``loss(logits, labels) -> tensor``; ``class_weights`` and ``focal_gamma``
-        come from the balancer (``None`` for the evaluation loss). A loss with a ``reduction``
-        attribute is switched to per-row losses for row weights."""
+        """The loss ``loss(logits, labels) -> tensor``; ``class_weights`` (per class, or per
+        label for multi-label) and ``focal_gamma`` come from the balancer (``None`` for the
+        evaluation loss). A loss with a ``reduction`` attribute is switched to per-row losses
+        for row weights."""
 
-    def on_epoch_start(self, model: Any, model_builder: ModelBuilder, epoch: int) -> None:
+    def on_epoch_start(self, model: Any, epoch: int) -> None:
         """Called before each training epoch (1-based) with the unwrapped model. The default
         asks the builder: :meth:`ModelBuilder.on_epoch_start`."""
-        model_builder.on_epoch_start(model, epoch)
+        if self.model_builder is not None:
+            self.model_builder.on_epoch_start(model, epoch)
 
     @abc.abstractmethod
     def predictions(self, logits: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """Model outputs of a split (a CPU tensor) -> ``(y_pred, y_score)``: predicted class ids
-        and class probabilities (rows x classes), or predicted values and None (regression)."""
+        and class probabilities (rows x classes); a 0/1 label matrix and label probabilities
+        (multilabel); or predicted values and None (regression)."""
+
+    def after_training(
+        self, predict_val: Callable[[], tuple[Any, Any]], folder: Path
+    ) -> dict[str, Any]:
+        """Called once after training, with the best model loaded and before the test split is
+        predicted: e.g. tune decision thresholds on the validation split.
+
+        :param predict_val: ``() -> (logits, labels)`` of the validation split (CPU tensors),
+            computed when called.
+        :param folder: the best checkpoint's folder; files added there (a ``thresholds.json``)
+            are read back by :meth:`load_artifacts`, at predict time too.
+        :returns: what to record in ``metrics.json`` under ``tuning``. By default nothing is
+            tuned and ``predict_val`` is not called.
+        """
+        return {}
+
+    def baselines(
+        self, data: TaskData, split: Split, metrics: dict[str, Metric]
+    ) -> dict[str, float]:
+        """Reference models' test scores on the same split (``majority_baseline_accuracy``,
+        ``mean_baseline_rmse``...), added to the test metrics. By default none."""
+        return {}
+
+    def test_details(
+        self, data: TaskData, rows: np.ndarray, logits: Any, labels: Any
+    ) -> dict[str, Any]:
+        """Results on the test split that are more than one number each (e.g. a per-label
+        table), from the best model's ``logits`` and the dataset's ``labels`` (CPU tensors)
+        for ``rows``; recorded in ``metrics.json`` under ``test_details``. By default none."""
+        return {}
+
+    @abc.abstractmethod
+    def prediction_frame(
+        self, data: TaskData, rows: np.ndarray, logits: Any, labels: Any
+    ) -> pd.DataFrame:
+        """``predictions_test.csv``: one row per example of ``rows`` (a first column ``row``,
+        the data row), then true and predicted targets and scores, from the model's ``logits``
+        and the dataset's ``labels`` (CPU tensors)."""
+
+    @abc.abstractmethod
+    def prediction_columns(
+        self, logits: Any, labels_record: dict[str, Any], source: Path
+    ) -> pd.DataFrame:
+        """The columns ``tuneforge predict`` appends to the input rows (``prediction``,
+        per-class probabilities...), from the model's ``logits`` and the run's ``labels.json``
+        (``labels_record``). Raise :class:`tuneforge.errors.UserError` naming ``source`` when
+        the checkpoint's outputs do not fit the record."""
 
     # -- artifacts --------------------------------------------------------------------------
     @abc.abstractmethod
-    def save_artifacts(
-        self, model: Any, tokenizer: Any, model_builder: ModelBuilder, folder: Path
-    ) -> None:
+    def save_artifacts(self, model: Any, folder: Path) -> None:
         """Write the best checkpoint into the empty ``folder`` in the libraries' own formats
-        (the model through ``model_builder``, the tokenizer, task state such as a scaler)."""
+        (the model through ``self.model_builder``, the tokenizer, task state such as a
+        scaler)."""
 
     @abc.abstractmethod
-    def load_artifacts(self, folder: Path, tokenizer: Any, model_builder: ModelBuilder) -> Any:
-        """The model saved by :meth:`save_artifacts` in ``folder`` (restoring ``tokenizer`` and
-        task state too). Raise :class:`tuneforge.errors.UserError` naming ``folder`` when it
-        is not such a checkpoint."""
+    def load_artifacts(self, folder: Path) -> Any:
+        """The model saved by :meth:`save_artifacts` in ``folder`` (restoring the tokenizer
+        and task state too). Raise :class:`tuneforge.errors.UserError` naming ``folder`` when
+        it is not such a checkpoint."""
 
 
-class ModelBuilder(Component):
-    """Builds, saves and loads a model in its library's own format.
+@dataclass
+class ModelSpec:
+    """What a :class:`ModelBuilder` builds a model for; the task makes it in
+    :meth:`Task.build_model`.
 
-    Core never calls ``build``/``save``/``load`` itself: the run's :class:`Task` does, in
-    :meth:`Task.build_model`, :meth:`Task.save_artifacts` and :meth:`Task.load_artifacts`,
-    with what its modality knows (the built-in builders: ``hf-sequence-classification``
-    ``build(num_labels, id2label, tokenizer, problem)``, ``save(model, folder)``,
-    ``load(folder) -> model``; ``timm`` ``build(num_classes, base_dir)``,
-    ``save(model, folder, label_names, data_config)``, ``load(folder) -> (model,
-    data_config)``; ``mlp`` ``build_tabular(n_numeric, cardinalities, n_outputs)``). A builder
-    for an existing task implements that task's calls; a new task defines its own.
+    :param problem: the task's problem kind (``"classification"``, ``"multilabel"``,
+        ``"regression"``).
+    :param n_outputs: logits per row: classes, labels or regression targets.
+    :param output_names: the class names, label names or target columns, in output order.
+    :param inputs: what the task's preprocessing hands the model. The built-in tasks give:
+        text tasks ``{"tokenizer": <transformers tokenizer>, "vocab_size": int,
+        "pad_token_id": int}``; image tasks ``{"channels": int, "base_dir": Path,
+        "data_config": dict}`` (the transform's timm data config: input size, mean, std); tabular
+        tasks ``{"n_numeric": int, "cardinalities": list[int]}`` (one per categorical column).
+    """
+
+    problem: str
+    n_outputs: int
+    output_names: list[str]
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelBuilder(Component, abc.ABC):
+    """Builds, saves and loads a model in its library's own format; the run's :class:`Task`
+    calls it (core does not).
 
     The model is a ``torch.nn.Module`` called as ``model(**batch)`` with the batch the task's
-    collate function makes, without ``labels``. Its forward returns a tensor of logits (rows x
-    outputs; regression: rows x targets), or an object with a ``.logits`` tensor (transformers
-    ``ModelOutput``).
+    collate function makes, without ``labels`` and ``sample_weight``. Its forward returns a
+    tensor of logits (rows x ``spec.n_outputs``), or an object with a ``.logits`` tensor
+    (transformers ``ModelOutput``). See docs/plugins.md, "Writing a model".
     """
+
+    @abc.abstractmethod
+    def build(self, spec: ModelSpec) -> Any:
+        """A new model for ``spec`` (:class:`ModelSpec`): pretrained weights where the builder
+        has them, a new output layer of ``spec.n_outputs``. Raise
+        :class:`tuneforge.errors.ConfigError` naming the key for a bad config."""
+
+    @abc.abstractmethod
+    def save(self, model: Any, folder: Path) -> None:
+        """Write ``model`` (built by this builder, maybe trained) into ``folder``; keep what
+        :meth:`load` needs (e.g. the spec's output names) in the files."""
+
+    @abc.abstractmethod
+    def load(self, folder: Path) -> Any:
+        """The model :meth:`save` wrote into ``folder``; works on a fresh builder (``tuneforge
+        predict``). Raise :class:`tuneforge.errors.UserError` naming ``folder`` when it holds
+        no such model."""
 
     def checkpoint_path(self) -> str | None:
         """The local folder or file of the pretrained weights the model starts from, or None

@@ -6,6 +6,7 @@ import builtins
 import copy
 import difflib
 import errno
+import inspect
 import math
 import os
 import re
@@ -867,6 +868,14 @@ def instantiate(registries: Any, kind: str, ref: ComponentRef, path: str) -> Any
         raise_validation_error(exc, prefix=path, model=cfg_model)
     _no_float_counts(ref.params, params, path)
     target = entry.load()
+    if inspect.isabstract(target):  # a class that leaves required methods out
+        missing = sorted(target.__abstractmethods__)
+        from tuneforge.errors import PluginError
+
+        raise PluginError(
+            f"{path}.name: {ref.name!r} from plugin {entry.plugin!r} does not implement "
+            f"{', '.join(missing)}, required by its base class (see docs/plugins.md)"
+        )
     try:
         return target(params)
     except ConfigError:

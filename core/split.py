@@ -45,12 +45,29 @@ def _two_way(
         return ids, ids[:0]
     if strat is not None:
         try:
-            a, b = train_test_split(ids, test_size=n_test, random_state=seed, stratify=strat)
+            if strat.ndim == 2:  # rows x labels (0/1): iterative multi-label stratification
+                a, b = _multilabel_two_way(ids, strat, n_test, seed)
+            else:
+                a, b = train_test_split(ids, test_size=n_test, random_state=seed, stratify=strat)
             return np.asarray(a), np.asarray(b)
         except ValueError as exc:
             notes.append(f"{what}: not stratified ({exc})")
     a, b = train_test_split(ids, test_size=n_test, random_state=seed, shuffle=True)
     return np.asarray(a), np.asarray(b)
+
+
+def _multilabel_two_way(
+    ids: np.ndarray, labels: np.ndarray, n_test: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Iterative stratification (Sechidis et al., 2011) of ``ids`` by a 0/1 label matrix:
+    about ``n_test`` ids on the second side, each label's share kept on both sides."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_test, random_state=seed)
+    a, b = next(splitter.split(np.zeros((len(ids), 1)), labels))
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("iterative stratification left one side empty")
+    return ids[np.sort(a)], ids[np.sort(b)]
 
 
 def make_split(
@@ -64,10 +81,13 @@ def make_split(
 ) -> Split:
     """Split rows ``index`` into train/val/test.
 
-    :param strata: one stratum per row (class id, or target bin); None for a plain shuffle.
+    :param strata: one stratum per row (class id, or target bin), or a 0/1 matrix (rows x
+        labels) for multi-label data, split by iterative stratification; None for a plain
+        shuffle.
     :param groups: one group key per row; rows sharing a key land in the same split.
     Strata with fewer than 3 groups cannot be spread over three splits: they stay in train,
-    and a note says so.
+    and a note says so. With a label matrix, each group is stratified as one example
+    holding every label of its rows, and labels need no minimum count.
     """
     notes: list[str] = []
     rows = np.asarray(index)
@@ -77,9 +97,11 @@ def make_split(
     # One stratum per group: the stratum of its first row.
     first = pd.Series(np.arange(n)).groupby(group_ids).first().to_numpy()
     g_strat = None if strata is None else np.asarray(strata)[first]
+    if g_strat is not None and g_strat.ndim == 2:  # a group holds every label of its rows
+        g_strat = pd.DataFrame(np.asarray(strata)).groupby(group_ids).max().to_numpy()
     gids = np.arange(n_groups)
     forced_train = np.zeros(n_groups, dtype=bool)
-    if g_strat is not None:
+    if g_strat is not None and g_strat.ndim == 1:
         values, counts = np.unique(g_strat, return_counts=True)
         tiny = values[counts < 3]
         if len(tiny):

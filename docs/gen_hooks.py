@@ -50,6 +50,7 @@ BASES_END = "<!-- bases:end -->"
 BASES = (
     "Task",
     "ModelBuilder",
+    "ModelSpec",
     "Validator",
     "Balancer",
     "Augmenter",

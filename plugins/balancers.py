@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING, ClassVar
+
 from pydantic import Field
 
 from tuneforge import hookimpl
 from tuneforge.components import BalancePlan, Balancer, StrictConfig
-from tuneforge.data import TaskData
 from tuneforge.errors import UserError
 from tuneforge.hookspecs import Register
+
+if TYPE_CHECKING:  # pragma: no cover - numpy is imported where it is used (fast start-up)
+    import numpy as np
+
+    from tuneforge.data import TaskData
 
 
 def _needs_classes(data: TaskData) -> None:
@@ -23,6 +28,8 @@ def _needs_classes(data: TaskData) -> None:
 
 def _train_labels(data: TaskData, train_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class ids of the training rows and the count of each class."""
+    import numpy as np
+
     _needs_classes(data)
     labels = data.subset(train_rows).label_ids()
     return labels, np.bincount(labels, minlength=len(data.classes or []))
@@ -38,12 +45,16 @@ class NoBalance(Balancer):
 class Oversample(Balancer):
     """Repeat rows of minority classes (with replacement) up to ``ratio`` x the largest class."""
 
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
+
     class Config(StrictConfig):
         ratio: float = Field(
             1.0, gt=0, le=1, description="target size of each class relative to the largest"
         )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        import numpy as np
+
         labels, counts = _train_labels(data, train_rows)
         target = int(np.ceil(counts.max() * self.config.ratio))
         picks = [np.arange(len(labels))]
@@ -58,12 +69,16 @@ class Oversample(Balancer):
 class Undersample(Balancer):
     """Keep a random subset of majority classes, down to ``ratio`` x the smallest class."""
 
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
+
     class Config(StrictConfig):
         ratio: float = Field(
             1.0, ge=1, description="largest allowed class size relative to the smallest"
         )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        import numpy as np
+
         labels, counts = _train_labels(data, train_rows)
         present = counts[counts > 0]
         cap = int(np.floor(present.min() * self.config.ratio))
@@ -78,12 +93,15 @@ class Undersample(Balancer):
 class ClassWeights(Balancer):
     """Weight the loss by inverse class frequency (``n / (k * count_c)``, scikit-learn's "balanced")."""
 
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
+
     class Config(StrictConfig):
         power: float = Field(
             1.0, ge=0, le=1, description="0 = no weighting, 0.5 = square root, 1 = balanced"
         )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        import numpy as np
         from sklearn.utils.class_weight import compute_class_weight
 
         _needs_classes(data)
@@ -103,12 +121,16 @@ class WeightedSampler(Balancer):
     shards the sampler's batches, so each process draws its own part.
     """
 
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
+
     class Config(StrictConfig):
         power: float = Field(
             1.0, ge=0, le=1, description="1 = balanced, 0.5 = square root, 0 = none"
         )
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        import numpy as np
+
         labels, counts = _train_labels(data, train_rows)
         per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0) ** self.config.power
         return BalancePlan(
@@ -118,6 +140,8 @@ class WeightedSampler(Balancer):
 
 class FocalLoss(Balancer):
     """Focal loss instead of cross-entropy: down-weights easy examples (optionally class-weighted)."""
+
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
 
     class Config(StrictConfig):
         gamma: float = Field(2.0, gt=0, le=10, description="focusing parameter")

@@ -20,16 +20,19 @@ import importlib.util
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from tuneforge import hookimpl
 from tuneforge.components import Finding, FindingKind, Validator, ValidatorConfig
-from tuneforge.data import TaskData
 from tuneforge.errors import DataError
 from tuneforge.hookspecs import Register
+
+if TYPE_CHECKING:  # pragma: no cover - numpy and pandas are imported where used (start-up)
+    import numpy as np
+
+    from tuneforge.data import TaskData
 
 Method = Literal[
     "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
@@ -52,6 +55,8 @@ class LabelNoiseError(DataError, ValueError):
 
 
 def _check_inputs(labels: Any, pred_probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     labels = np.asarray(labels)
     probs = np.asarray(pred_probs, dtype=np.float64)
     if probs.ndim != 2:
@@ -69,6 +74,8 @@ def _check_inputs(labels: Any, pred_probs: Any) -> tuple[np.ndarray, np.ndarray]
 
 def self_confidence(labels: Any, pred_probs: Any) -> np.ndarray:
     """The predicted probability of each row's given label."""
+    import numpy as np
+
     labels, probs = _check_inputs(labels, pred_probs)
     return probs[np.arange(len(labels)), labels]
 
@@ -78,6 +85,8 @@ def confident_thresholds(labels: Any, pred_probs: Any) -> np.ndarray:
 
     A class nobody is labelled with gets a threshold no probability reaches.
     """
+    import numpy as np
+
     labels, probs = _check_inputs(labels, pred_probs)
     out = np.full(probs.shape[1], _ABSENT_THRESHOLD)
     for k in range(probs.shape[1]):
@@ -89,6 +98,8 @@ def confident_thresholds(labels: Any, pred_probs: Any) -> np.ndarray:
 
 def _round_keeping_sum(values: np.ndarray) -> np.ndarray:
     """Round to integers whose sum is the rounded sum: the largest remainders go up."""
+    import numpy as np
+
     ints = values.round()
     target = np.sum(values).round()
     total = np.sum(ints).round()
@@ -103,6 +114,8 @@ def _round_keeping_sum(values: np.ndarray) -> np.ndarray:
 
 
 def _round_rows(matrix: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return np.array([_round_keeping_sum(row) for row in matrix], dtype=int).reshape(matrix.shape)
 
 
@@ -120,6 +133,8 @@ def confident_joint(
     diagonal entry is at least 1. Calibrated, each row sums to the count of its given label.
     With ``return_off_diagonal_rows`` the rows counted off the diagonal come back as well.
     """
+    import numpy as np
+
     labels, probs = _check_inputs(labels, pred_probs)
     k = probs.shape[1]
     above = probs >= confident_thresholds(labels, probs) - _EPS
@@ -148,6 +163,8 @@ def _prune_counts(joint: np.ndarray) -> np.ndarray:
 
     A class whose diagonal is 0 gets 1, taken evenly from its non-zero off-diagonal counts.
     """
+    import numpy as np
+
     diag = joint.diagonal()
     new_diag = np.maximum(diag, 1)
     raised = new_diag - diag
@@ -178,6 +195,8 @@ def find_label_issues(
     :returns: row positions (int64), lowest self-confidence first. Rows whose given label is
         the most probable class (within 1e-6) are never flagged.
     """
+    import numpy as np
+
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     labels, probs = _check_inputs(labels, pred_probs)
@@ -224,6 +243,7 @@ def cleanlab_label_issues(
     labels: Any, pred_probs: Any, method: str = "prune_by_noise_rate"
 ) -> np.ndarray:
     """The same ranking computed by cleanlab (``cleanlab.filter.find_label_issues``)."""
+    import numpy as np
     from cleanlab.filter import find_label_issues as cleanlab_find
 
     labels, probs = _check_inputs(labels, pred_probs)
@@ -261,6 +281,8 @@ def _plain(value: Any) -> Any:
 
 def check_folds(labels: np.ndarray, classes: list[Any], folds: int, where: str = "") -> None:
     """Raise :class:`LabelNoiseError` when stratified ``folds``-fold CV cannot run."""
+    import numpy as np
+
     prefix = f"{where}: " if where else ""
     counts = np.bincount(labels, minlength=len(classes))
     present = np.flatnonzero(counts)
@@ -313,6 +335,8 @@ def oof_probabilities_with_source(
     data: TaskData, task: Any = None, folds: int = 5, seed: int = 0
 ) -> tuple[np.ndarray, str]:
     """:func:`oof_probabilities` and a description of the model that made them."""
+    import numpy as np
+
     where = data.source
     prefix = f"{where}: " if where else ""
     if data.classes is None or data.target is None:
@@ -376,6 +400,8 @@ def load_pred_probs(path: Path, data: TaskData) -> np.ndarray:
     The file holds one row per data row of the source file, in file order (the frame's index
     labels pick the rows still present), and one column per class in ``data.classes`` order.
     """
+    import numpy as np
+
     name = "label-noise pred_probs"
     try:
         arr = np.load(path, allow_pickle=False)
@@ -431,6 +457,8 @@ class LabelNoise(Validator):
     probability of the given label) in the finding's ``weights``; the pipeline
     multiplies the training loss of those rows by their weight.
     """
+
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
 
     class Config(ValidatorConfig):
         policy: Literal["warn", "drop", "fail", "down-weight"] = "warn"  # type: ignore[assignment]

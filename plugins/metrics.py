@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tuneforge import hookimpl
 from tuneforge.components import Metric
 from tuneforge.hookspecs import Register
 
+if TYPE_CHECKING:  # pragma: no cover - numpy stays out of start-up (`tuneforge plugins`)
+    import numpy as np
+
 
 class _SklearnMetric(Metric):
-    problem: ClassVar[str] = "classification"
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
     func: ClassVar[str] = ""
     kwargs: ClassVar[dict[str, Any]] = {}
 

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
-import pandas as pd
 from pydantic import Field
 
 from tuneforge import hookimpl
@@ -35,21 +33,28 @@ from tuneforge.components import (
     BalancePlan,
     Balancer,
     Finding,
+    FindingKind,
     Metric,
     StrictConfig,
+    Task,
     Validator,
     ValidatorConfig,
 )
-from tuneforge.data import TaskData
 from tuneforge.errors import ConfigError, DataError, UserError
 from tuneforge.hookspecs import Register
 from tuneforge.plugins.validators import preview
+
+if TYPE_CHECKING:  # pragma: no cover - numpy/pandas are imported where used (fast start-up)
+    import numpy as np
+    import pandas as pd
+
+    from tuneforge.data import TaskData
 
 SCALER_FILE = "target_scaler.json"
 LOSSES = ("mse", "l1", "huber")
 #: The largest target magnitude training takes: targets reach the model as float32, and past
 #: this they become infinite (and their standardisation NaN).
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = 3.4028234663852886e38  # float(np.finfo(np.float32).max), without numpy
 
 # -- targets ---------------------------------------------------------------------------------
 
@@ -68,6 +73,9 @@ def parse_targets(frame: pd.DataFrame, target: str | list[str], source: str = ""
     number raises a one-line :class:`DataError` naming the first such row and the column.
     Booleans count as text: a yes/no column is a classification label.
     """
+    import numpy as np
+    import pandas as pd
+
     where = f"{source}: " if source else ""
     cols = target_columns(target)
     if not cols:
@@ -114,6 +122,9 @@ def check_target_range(data: TaskData, rows: Any = None) -> None:
     The ``target-values`` validator reports (and by default drops) such rows first; this is
     the check for the rows it kept.
     """
+    import numpy as np
+    import pandas as pd
+
     frame = data.frame if rows is None else data.frame.loc[rows]
     where = f"{data.source}: " if data.source else ""
     for col in target_columns(data.target):
@@ -138,6 +149,8 @@ def check_target_range(data: TaskData, rows: Any = None) -> None:
 
 def target_values(data: TaskData, rows: Any = None) -> np.ndarray:
     """Targets of ``rows`` (default all) as float64, shape ``(n,)`` or ``(n, k)``."""
+    import numpy as np
+
     cols = target_columns(data.target)
     frame = data.frame if rows is None else data.frame.loc[rows]
     values = frame[cols].to_numpy(dtype=np.float64)
@@ -150,6 +163,8 @@ def target_bins(values: np.ndarray, n_bins: int = 10, min_per_bin: int = 20) -> 
     Fewer bins are used when the data is small (``min_per_bin`` rows each, so a stratified
     70/15/15 split can place every bin); equal quantile edges (a spiky target) merge.
     """
+    import numpy as np
+
     v = np.asarray(values, dtype=np.float64)
     if v.ndim == 2:
         v = v[:, 0]
@@ -170,12 +185,16 @@ class TargetScaler:
     """
 
     def __init__(self, mean: Any, std: Any, columns: list[str]) -> None:
+        import numpy as np
+
         self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
         self.std = np.asarray(std, dtype=np.float64).reshape(-1)
         self.columns = list(columns)
 
     @classmethod
     def fit(cls, values: np.ndarray, columns: list[str], standardize: bool = True) -> TargetScaler:
+        import numpy as np
+
         v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
         if not standardize:
             return cls(np.zeros(v.shape[1]), np.ones(v.shape[1]), columns)
@@ -183,12 +202,16 @@ class TargetScaler:
         return cls(v.mean(axis=0), np.where(std > 0, std, 1.0), columns)
 
     def transform(self, values: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         v = np.asarray(values, dtype=np.float64)
         out = (v.reshape(len(v), -1) - self.mean) / self.std
         return out.reshape(v.shape)
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
         """Standardised model outputs -> target units; ``(n,)`` for one output."""
+        import numpy as np
+
         v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
         out = v * self.std + self.mean
         return out[:, 0] if out.shape[1] == 1 else out
@@ -257,11 +280,14 @@ def _scores(metrics: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarray) -> 
     return out
 
 
-class RegressionTaskMixin:
-    """What every regression task shares; the loss comes from the model's ``loss`` (default mse).
+class RegressionTaskMixin(Task):
+    """Regression as a problem kind that modality tasks compose (listed before the modality
+    base): numeric target(s) in ``data.target`` (a column or a list of columns).
 
     Datasets carry targets in their own units; :meth:`loss_fn` standardises them with the
-    train-split :class:`TargetScaler` and :meth:`predictions` inverts the model outputs.
+    train-split :class:`TargetScaler` (``target_scaler.json`` in the checkpoint) and
+    :meth:`predictions` inverts the model outputs. The loss comes from the model's ``loss``
+    parameter when it has one (default mse).
     """
 
     problem: ClassVar[str] = "regression"
@@ -270,22 +296,24 @@ class RegressionTaskMixin:
 
     def check_target_config(self, data_config: Any) -> None:
         """A regression task reads ``data.target`` (one or more columns), never ``data.label``."""
-        name = getattr(self, "name", "a regression task")
+        name = self.name or "a regression task"
         if data_config.label is not None:
             raise ConfigError("data.label", f"{name} takes its target from data.target")
         if data_config.target is None:
             raise ConfigError("data.target", "missing: name the numeric target column(s)")
 
-    def fit_targets(
-        self,
-        data: TaskData,
-        train_rows: np.ndarray,
-        model_builder: Any = None,
-        standardize: bool = True,
-    ) -> None:
+    def fit(self, data: TaskData, train_rows: np.ndarray) -> None:
+        """The modality's train-split state (``super().fit``), then the target scaler."""
+        super().fit(data, train_rows)
+        self.fit_targets(data, train_rows)
+
+    def fit_targets(self, data: TaskData, train_rows: np.ndarray, standardize: bool = True) -> None:
         """Fit the target scaler on the train split (refusing all-equal training targets) and
         take the loss from the model's ``loss`` parameter when it has one."""
-        self.loss_name = getattr(getattr(model_builder, "config", None), "loss", None) or "mse"
+        import numpy as np
+
+        params = dict(self.model_builder.config) if self.model_builder is not None else {}
+        self.loss_name = params.get("loss") or "mse"
         check_target_range(data)  # every split: val and test targets reach the metrics
         cols = target_columns(data.target)
         values = target_values(data, train_rows).reshape(len(train_rows), -1)
@@ -300,9 +328,22 @@ class RegressionTaskMixin:
     def n_outputs(self, data: TaskData) -> int:
         return len(target_columns(data.target))
 
+    def encode_labels(self, data: TaskData, rows: np.ndarray) -> np.ndarray:
+        """The dataset's ``labels``: the target values of ``rows`` in their units (float32)."""
+        import numpy as np
+
+        return target_values(data, rows).astype(np.float32)
+
+    def output_names(self, data: TaskData) -> list[str]:
+        """One output per target column."""
+        return [str(c) for c in target_columns(data.target)]
+
     def stratify_labels(self, data: TaskData) -> np.ndarray:
         """Quantile bins of the target: the split keeps the target distribution in each part."""
         return target_bins(target_values(data))
+
+    def labels_record(self, data: TaskData) -> dict[str, Any]:
+        return {"classes": None}
 
     def loss_fn(self, class_weights: Any = None, focal_gamma: float | None = None) -> Any:
         if focal_gamma is not None:
@@ -315,15 +356,51 @@ class RegressionTaskMixin:
         assert self.scaler is not None, "fit() or load_artifacts() first"
         return self.scaler.inverse(logits.float().numpy()), None
 
-    def save_artifacts(self, model: Any, tokenizer: Any, model_builder: Any, folder: Path) -> None:
+    def prediction_frame(
+        self, data: TaskData, rows: np.ndarray, logits: Any, labels: Any
+    ) -> pd.DataFrame:
+        """``row``, then ``y_true``/``y_pred``, or ``y_true_<col>``/``y_pred_<col>`` per target."""
+        import numpy as np
+        import pandas as pd
+
+        y_pred, _ = self.predictions(logits)
+        frame = pd.DataFrame({"row": np.asarray(rows)})
+        y_true = labels.numpy() if labels is not None else None
+        if np.ndim(y_pred) == 2:  # several targets: one true/predicted column pair each
+            for j, name in enumerate(target_columns(data.target)):
+                if y_true is not None:
+                    frame[f"y_true_{name}"] = y_true[:, j]
+                frame[f"y_pred_{name}"] = y_pred[:, j]
+        else:
+            if y_true is not None:
+                frame["y_true"] = list(y_true)
+            frame["y_pred"] = list(y_pred)
+        return frame
+
+    def prediction_columns(
+        self, logits: Any, labels_record: dict[str, Any], source: Path
+    ) -> pd.DataFrame:
+        """``prediction``, or ``prediction_<column>`` per target."""
+        import numpy as np
+        import pandas as pd
+
+        y_pred, _ = self.predictions(logits)
+        if np.ndim(y_pred) != 2:
+            return pd.DataFrame({"prediction": y_pred})
+        names = labels_record.get("label_column")
+        names = names if isinstance(names, list) else []
+        names = names if len(names) == y_pred.shape[1] else range(y_pred.shape[1])
+        return pd.DataFrame({f"prediction_{n}": y_pred[:, j] for j, n in enumerate(names)})
+
+    def save_artifacts(self, model: Any, folder: Path) -> None:
         """The task's checkpoint files plus ``target_scaler.json``."""
-        super().save_artifacts(model, tokenizer, model_builder, folder)  # type: ignore[misc]
+        super().save_artifacts(model, folder)
         assert self.scaler is not None
         self.scaler.save(folder)
 
-    def load_artifacts(self, folder: Path, tokenizer: Any, model_builder: Any) -> Any:
+    def load_artifacts(self, folder: Path) -> Any:
         self.scaler = TargetScaler.load(folder)
-        return super().load_artifacts(folder, tokenizer, model_builder)  # type: ignore[misc]
+        return super().load_artifacts(folder)
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -332,10 +409,12 @@ class RegressionTaskMixin:
 class _RegressionMetric(Metric):
     """A regression metric; multi-output targets are averaged uniformly over outputs."""
 
-    problem: ClassVar[str] = "regression"
+    problems: ClassVar[tuple[str, ...]] = ("regression",)
     greater_is_better: ClassVar[bool] = False
 
     def __call__(self, y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None) -> float:
+        import numpy as np
+
         y_true = np.asarray(y_true, dtype=np.float64)
         y_pred = np.asarray(y_pred, dtype=np.float64).reshape(y_true.shape)
         return float(self.compute(y_true, y_pred))
@@ -391,6 +470,8 @@ class MAPE(_RegressionMetric):
 
     def check_data(self, data: TaskData) -> None:
         """Raise :class:`UserError` (the pipeline names ``metrics[i]``) when MAPE is undefined."""
+        import pandas as pd
+
         for col in target_columns(data.target):
             values = pd.to_numeric(data.frame[col], errors="coerce")
             bad = values.index[values <= 0]
@@ -417,6 +498,7 @@ class _Correlation(_RegressionMetric):
     func: ClassVar[str] = ""
 
     def compute(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        import numpy as np
         import scipy.stats
 
         t = y_true.reshape(len(y_true), -1)
@@ -469,6 +551,7 @@ def baseline_scores(
 
     Multi-output targets are fitted through ``MultiOutputRegressor`` (one model per output).
     """
+    import numpy as np
     from sklearn.multioutput import MultiOutputRegressor
 
     out: dict[str, float] = {}
@@ -495,20 +578,33 @@ class TargetValues(Validator):
     """Targets that are missing, not a number, infinite or beyond float32's range; all-equal
     targets are an error."""
 
+    problems: ClassVar[tuple[str, ...]] = ("regression",)
+
     class Config(ValidatorConfig):
         policy: Literal["warn", "drop", "fail"] = "drop"
 
     def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        import numpy as np
+        import pandas as pd
+
         out = []
         for col in _regression_target(data, "target-values"):
             raw = data.frame[col]
             values = pd.to_numeric(raw, errors="coerce")
             for kind, mask, what in (
-                ("non-numeric-target", values.isna() & raw.notna(), "hold text, not a number"),
-                ("missing-target", raw.isna(), "have no target"),
-                ("infinite-target", np.isinf(values.fillna(0)), "have an infinite target"),
                 (
-                    "overflowing-target",
+                    FindingKind.NON_NUMERIC_TARGET,
+                    values.isna() & raw.notna(),
+                    "hold text, not a number",
+                ),
+                (FindingKind.MISSING_TARGET, raw.isna(), "have no target"),
+                (
+                    FindingKind.INFINITE_TARGET,
+                    np.isinf(values.fillna(0)),
+                    "have an infinite target",
+                ),
+                (
+                    FindingKind.OVERFLOWING_TARGET,
                     np.isfinite(values.fillna(0)) & (values.abs() > FLOAT32_MAX),
                     f"have a target beyond float32's range (|y| > {FLOAT32_MAX:.4g}: it "
                     "overflows in training)",
@@ -540,6 +636,8 @@ class TargetOutliers(Validator):
     Policy ``warn`` reports, ``drop`` removes the rows, ``clip`` moves them to the fence.
     """
 
+    problems: ClassVar[tuple[str, ...]] = ("regression",)
+
     class Config(ValidatorConfig):
         policy: Literal["warn", "drop", "clip", "fail"] = "warn"
         method: Literal["iqr", "zscore"] = "iqr"
@@ -548,6 +646,9 @@ class TargetOutliers(Validator):
         )
 
     def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        import numpy as np
+        import pandas as pd
+
         cfg = self.config
         cols = _regression_target(data, "target-outliers")
         frame = data.frame[cols].apply(pd.to_numeric, errors="coerce")
@@ -583,7 +684,7 @@ class TargetOutliers(Validator):
             return []
         rows = sorted(flagged)
         finding = Finding(
-            "target-outlier",
+            FindingKind.TARGET_OUTLIER,
             "warning",
             f"{len(rows)} rows have outlying targets ({'; '.join(parts)}): rows {preview(rows)}",
             rows,
@@ -601,6 +702,8 @@ class CappedTarget(Validator):
     not the value. Reported (policy warn) or dropped (policy drop).
     """
 
+    problems: ClassVar[tuple[str, ...]] = ("regression",)
+
     class Config(ValidatorConfig):
         policy: Literal["warn", "drop", "fail"] = "warn"
         min_fraction: float = Field(
@@ -611,6 +714,9 @@ class CappedTarget(Validator):
         )
 
     def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        import numpy as np
+        import pandas as pd
+
         cfg = self.config
         out = []
         for col in _regression_target(data, "capped-target"):
@@ -627,7 +733,7 @@ class CappedTarget(Validator):
                     rows = [int(r) for r in v.index[v == value]]
                     out.append(
                         Finding(
-                            "capped-target",
+                            FindingKind.CAPPED_TARGET,
                             "warning",
                             f"{n} rows ({n / len(v):.1%}) of {col!r} sit exactly at its {side} "
                             f"{value:g}: a capped (censored) target? rows {preview(rows)}",
@@ -648,7 +754,7 @@ class ConstantColumns(Validator):
             if n <= 1:
                 out.append(
                     Finding(
-                        "constant-column",
+                        FindingKind.CONSTANT_COLUMN,
                         "warning",
                         f"input column {col!r} has {'one value' if n else 'no value'} in every "
                         "row; it carries no information",
@@ -676,6 +782,8 @@ def lds_weights(bins: np.ndarray, n_bins: int, sigma: float, power: float) -> np
     """Per-bin weights ``1 / density**power``; with ``sigma > 0`` the bin counts are first
     convolved with a Gaussian kernel (label distribution smoothing, Yang et al., ICML 2021).
     Weights are scaled so that the training rows' mean weight is 1."""
+    import numpy as np
+
     counts = np.bincount(bins, minlength=n_bins).astype(np.float64)
     density = counts
     if sigma > 0:
@@ -694,6 +802,8 @@ class TargetBins(Balancer):
     weights instead.
     """
 
+    problems: ClassVar[tuple[str, ...]] = ("regression",)
+
     class Config(StrictConfig):
         bins: int = Field(10, ge=2, le=1000, description="equal-frequency bins of the target")
         uniform_bins: bool = Field(
@@ -706,6 +816,8 @@ class TargetBins(Balancer):
         mode: Literal["loss", "sampler"] = "loss"
 
     def bins_of(self, data: TaskData, train_rows: np.ndarray) -> tuple[np.ndarray, int]:
+        import numpy as np
+
         cfg = self.config
         if not cfg.uniform_bins:
             bins = _train_bins(data, train_rows, cfg.bins, "target-bins")
@@ -732,11 +844,15 @@ class TargetBins(Balancer):
 class OversampleBins(Balancer):
     """Repeat rows of rare target bins up to ``ratio`` x the largest bin."""
 
+    problems: ClassVar[tuple[str, ...]] = ("regression",)
+
     class Config(StrictConfig):
         bins: int = Field(10, ge=2, le=1000, description="equal-width bins of the target")
         ratio: float = Field(0.5, gt=0, le=1, description="target size relative to the largest bin")
 
     def plan(self, data: TaskData, train_rows: np.ndarray, rng: np.random.Generator) -> BalancePlan:
+        import numpy as np
+
         cfg = self.config
         bins, n = TargetBins(TargetBins.Config(bins=cfg.bins)).bins_of(data, train_rows)
         counts = np.bincount(bins, minlength=n)

@@ -7,15 +7,18 @@ the validator's ``policy``: ``warn`` (report only), ``drop`` (remove the rows) o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from pydantic import Field
 
 from tuneforge import hookimpl
 from tuneforge.components import Finding, FindingKind, Policy, Validator, ValidatorConfig
-from tuneforge.data import TaskData
 from tuneforge.hookspecs import Register
+
+if TYPE_CHECKING:  # pragma: no cover - pandas is imported where it is used (fast start-up)
+    import pandas as pd
+
+    from tuneforge.data import TaskData
 
 
 def _rows(index: pd.Index | list[Any]) -> list[int]:
@@ -26,6 +29,15 @@ def preview(items: list[Any], n: int = 5, sep: str = ", ") -> str:
     """The first ``n`` items, and how many there are in all when there are more."""
     head = sep.join(map(str, items[:n]))
     return f"{head}{sep}... ({len(items)} in all)" if len(items) > n else head
+
+
+def label_strings(data: TaskData) -> pd.Series:
+    """The target column as strings, to group rows by label and to show labels; a
+    multi-label row's label set (a tuple of names) as ``{a, b}``, missing stays NaN."""
+    values = data.frame[data.target]
+    if data.problem != "multilabel":
+        return values.astype(str)
+    return values.map(lambda v: "{" + ", ".join(map(str, v)) + "}" if isinstance(v, tuple) else v)
 
 
 def content_keys(data: TaskData, task: Any) -> pd.Series:
@@ -132,10 +144,12 @@ class Duplicates(Validator):
         policy: Policy = "warn"
 
     def check(self, data: TaskData, task: Any = None) -> list[Finding]:
+        import pandas as pd
+
         keys = content_keys(data, task)
         frame = pd.DataFrame({"key": keys})
         if data.target:
-            frame["label"] = data.frame[data.target].astype(str)
+            frame["label"] = label_strings(data)
         dup = frame.duplicated(keep=False)
         if not dup.any():
             return []
@@ -164,7 +178,7 @@ class ConflictingLabels(Validator):
         if not data.target:
             return []
         keys = content_keys(data, task)
-        labels = data.frame[data.target].astype(str)
+        labels = label_strings(data)
         n_labels = labels.groupby(keys).transform("nunique")
         bad = n_labels.index[n_labels > 1]
         if not len(bad):
@@ -207,32 +221,46 @@ class ClassSize(Validator):
     def check(self, data: TaskData, task: Any = None) -> list[Finding]:
         if data.classes is None or not data.target:
             return []
-        counts = data.frame[data.target].value_counts()
+        target = data.frame[data.target]
+        label_sets = data.problem == "multilabel"  # a tuple of label names per row
+        if label_sets:  # one count per label: the rows whose set holds it
+            target = target.dropna().explode().dropna()
+        counts = target.value_counts()
         small = counts[counts < self.config.min_count]
         out = []
         for cls, n in small.items():
-            rows = _rows(data.frame.index[data.frame[data.target] == cls])
+            rows = _rows(target.index[target == cls])
             tiny = n < 3
             merge = (
                 self.config.merge_into
                 if tiny and self.config.merge_into not in (None, cls)
                 else None
             )
+            relabel = {r: merge for r in rows} if merge is not None else None
             if merge is not None:
                 note = f"merged into {merge!r}"
+            elif tiny and label_sets:
+                note = "too few for every split to have it unless dropped"
             elif tiny:
                 note = "too few to stratify: kept in train only unless dropped"
             else:
                 note = "stratified across the splits"
+            if relabel and label_sets:  # the label replaced inside each row's set
+                sets = data.frame[data.target]
+                relabel = {
+                    r: tuple(dict.fromkeys(merge if x == cls else x for x in sets.at[r]))
+                    for r in rows
+                }
+            what = "label" if label_sets else "class"
             out.append(
                 Finding(
                     FindingKind.SMALL_CLASS,
                     "warning",
-                    f"class {cls!r} has only {int(n)} rows (< {self.config.min_count}); {note}",
+                    f"{what} {cls!r} has only {int(n)} rows (< {self.config.min_count}); {note}",
                     rows,
                     # Only classes that cannot be stratified are dropped by the drop policy.
                     drop=rows if tiny else [],
-                    relabel={r: merge for r in rows} if merge is not None else None,
+                    relabel=relabel,
                     details={"class": str(cls), "count": int(n)},
                 )
             )

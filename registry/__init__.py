@@ -125,6 +125,15 @@ class Entry:
             )
         return cfg
 
+    def problems(self) -> tuple[str, ...]:
+        """The problem kinds the component declares it supports (empty: all, or unknown
+        because it cannot be imported)."""
+        try:
+            target = self.load()
+        except RegistryError:
+            return ()
+        return tuple(getattr(target, "problems", ()) or ())
+
     def summary(self) -> str:
         if self.description:
             return self.description

@@ -148,8 +148,9 @@ def test_augmented_dataset_varies_per_access_and_plain_one_does_not(tiny_models)
         ["refund invoice charged payment card price vat coupon"] * 4, ["a", "a", "b", "b"]
     )
     aug = TokenNoise(TokenNoise.Config(p=1.0, delete=0.3))
-    train = TASK.make_dataset(data, data.frame.index.to_numpy(), tok, [], [aug], seed=0)
-    val = TASK.make_dataset(data, data.frame.index.to_numpy(), tok, [], [], seed=0)
+    TASK.bind(tok, None, [])
+    train = TASK.make_dataset(data, data.frame.index.to_numpy(), [aug], seed=0)
+    val = TASK.make_dataset(data, data.frame.index.to_numpy(), [], seed=0)
     seen = {tuple(train[0]["input_ids"]) for _ in range(20)}
     assert len(seen) > 1
     assert len({tuple(val[0]["input_ids"]) for _ in range(5)}) == 1

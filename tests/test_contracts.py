@@ -93,8 +93,8 @@ class BagOfWordsBuilder(ModelBuilder):
     def checkpoint_path(self):
         return self.config.checkpoint
 
-    def build(self, num_labels, id2label, tokenizer, problem):
-        return _module(len(tokenizer), num_labels)
+    def build(self, spec):
+        return _module(spec.inputs["vocab_size"], spec.n_outputs)
 
     def save(self, model, folder):
         from safetensors.torch import save_file
@@ -123,10 +123,10 @@ def register_models(register):
 
 def test_bring_your_own_torch_model_through_the_declared_model_builder(project) -> None:
     """A ModelBuilder written from its base class alone trains, tests and predicts."""
-    (project.root / "bow.py").write_text(BOW_MODEL)
+    (project.root / "my_bow.py").write_text(BOW_MODEL)
     log = project.root / "epochs.log"
     cfg = project.config(
-        plugins={"local": ["bow.py"]},
+        plugins={"local": ["my_bow.py"]},
         model={"name": "bag-of-words", "epochs_log": str(log)},
         trainer={"epochs": 3},
     )
@@ -192,28 +192,43 @@ def test_a_task_missing_required_methods_is_refused(project) -> None:
     (project.root / "half.py").write_text(INCOMPLETE_TASK)
     cfg = project.config(plugins={"local": ["half.py"]}, task="half-task")
     err = one_line_error(run_cli("validate", str(cfg)))
-    assert err.startswith("tuneforge: error: task: half-task: ")
-    assert "abstract" in err and "make_dataset" in err
+    assert err.startswith(
+        "tuneforge: error: task.name: 'half-task' from plugin 'half' does not implement "
+    )
+    assert "make_dataset" in err and "required by its base class" in err
 
 
 def test_the_task_contract_declares_its_optional_capabilities() -> None:
     class Minimal(Task):
         def load(self, data_config, base_dir): ...
         def load_inputs(self, path, data_config): ...
-        def make_dataset(self, data, rows, tokenizer, preprocessors, augmenters, seed): ...
-        def predict_dataset(self, frame, data_config, tokenizer, preprocessors): ...
-        def collate_fn(self, tokenizer, on_cuda): ...
-        def build_model(self, model_builder, data, tokenizer): ...
+        def make_dataset(self, data, rows, augmenters, seed): ...
+        def predict_dataset(self, frame, data_config): ...
+        def collate_fn(self, on_cuda): ...
+        def build_model(self, data): ...
         def loss_fn(self, class_weights, focal_gamma=None): ...
         def predictions(self, logits): ...
-        def save_artifacts(self, model, tokenizer, model_builder, folder): ...
-        def load_artifacts(self, folder, tokenizer, model_builder): ...
+        def prediction_frame(self, data, rows, logits, labels): ...
+        def prediction_columns(self, logits, labels_record, source): ...
+        def save_artifacts(self, model, folder): ...
+        def load_artifacts(self, folder): ...
+
+    class Builder(ModelBuilder):
+        def build(self, spec): ...
+        def save(self, model, folder): ...
+        def load(self, folder): ...
 
     task = Minimal()
+    task.bind(None, Builder(), [])
     assert task.defaults() == {} and task.content_keys(None) is None
     assert task.stratify_labels(None) is None and task.baselines(None, None, {}) == {}
-    assert task.fit(None, None, ModelBuilder()) is None
-    assert ModelBuilder().checkpoint_path() is None
+    assert task.fit(None, None) is None and task.prepare() is None
+    assert task.label_counts(None, None) == {} and task.labels_record(None) == {}
+    assert task.after_validation("data", None) == "data"
+    assert task.after_training(lambda: pytest.fail("predict_val called"), Path(".")) == {}
+    assert Builder().checkpoint_path() is None
+    with pytest.raises(TypeError, match="abstract"):
+        type("NoSave", (ModelBuilder,), {"build": lambda self, spec: None})()
     assert Metric().check_data(None) is None
     assert Validator().policy == "warn"
     assert list(inspect.signature(Validator.check).parameters) == ["self", "data", "task"]

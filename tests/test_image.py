@@ -14,9 +14,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from tuneforge.components import ModelSpec
+
 from conftest import SHARED_DATA, ok, one_line_error, run_cli
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)}
+
+
+def _spec(n: int) -> ModelSpec:
+    """A model spec of ``n`` classes (names "0".."n-1"), as the image tasks make one."""
+    return ModelSpec("classification", n, [str(i) for i in range(n)], {"channels": 3})
 
 
 def make_images(
@@ -162,7 +169,7 @@ def test_efficientnet_lite0_package_weights_recognise_a_photo() -> None:
     from tuneforge.plugins.image.transforms import TimmTransforms
 
     builder = _builder(architecture="efficientnet_lite0", weights="efficientnet-lite0")
-    model = builder.build(1000).eval()
+    model = builder.build(_spec(1000)).eval()
     transforms = TimmTransforms()
     transforms.setup(builder.data_config())
     x = transforms.eval_transform()(Image.fromarray(load_sample_image("china.jpg")))
@@ -183,7 +190,7 @@ def test_weights_by_name_with_a_new_head_and_shape_mismatch_errors(tmp_path: Pat
     source = timm.create_model("test_efficientnet", num_classes=7)
     save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
     model = _builder(architecture="test_efficientnet", weights=str(tmp_path / "w.safetensors"))
-    built = model.build(3).model
+    built = model.build(_spec(3)).model
     for key, value in built.state_dict().items():
         if key.startswith("classifier."):
             assert value.shape[0] == 3  # new head
@@ -193,7 +200,7 @@ def test_weights_by_name_with_a_new_head_and_shape_mismatch_errors(tmp_path: Pat
     renamed = {f"net.layer{i}": v for i, v in enumerate(source.state_dict().values())}
     torch.save(renamed, tmp_path / "renamed.pth")
     built = _builder(architecture="test_efficientnet", weights=str(tmp_path / "renamed.pth"))
-    stem = built.build(3).model.conv_stem.weight
+    stem = built.build(_spec(3)).model.conv_stem.weight
     assert torch.equal(stem, source.conv_stem.weight)
     # A narrower model's weights: the first mismatching tensor is named with both shapes,
     # when the config is read (before any run folder exists).
@@ -214,7 +221,7 @@ def test_weights_by_name_with_a_new_head_and_shape_mismatch_errors(tmp_path: Pat
     deeper = _builder(
         architecture="efficientnet_b1", weights=str(tmp_path / "b0.safetensors"), strict=False
     )
-    assert torch.equal(deeper.build(3).model.conv_stem.weight, timm_b0_stem(tmp_path))
+    assert torch.equal(deeper.build(_spec(3)).model.conv_stem.weight, timm_b0_stem(tmp_path))
 
 
 def timm_b0_stem(folder: Path):
@@ -225,7 +232,7 @@ def timm_b0_stem(folder: Path):
 
 def test_grayscale_model_adapts_pretrained_stem() -> None:
     builder = _builder(architecture="efficientnet_lite0", weights="efficientnet-lite0", in_chans=1)
-    model = builder.build(4).model
+    model = builder.build(_spec(4)).model
     assert model.conv_stem.weight.shape[1] == 1
     assert builder.data_config()["input_size"][0] == 1
 
@@ -233,7 +240,7 @@ def test_grayscale_model_adapts_pretrained_stem() -> None:
 def test_freeze_epochs_trains_only_the_head_then_everything() -> None:
     import torch
 
-    wrapper = _builder(architecture="test_efficientnet", freeze_epochs=1).build(3)
+    wrapper = _builder(architecture="test_efficientnet", freeze_epochs=1).build(_spec(3))
     opt = torch.optim.AdamW(wrapper.parameters(), lr=0.1, weight_decay=0.1)
     before = {k: v.clone() for k, v in wrapper.state_dict().items()}
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
@@ -588,11 +595,12 @@ def test_a_channels_last_model_saves_in_the_default_layout(tmp_path: Path) -> No
     from tuneforge.plugins.image.timm_model import TimmModel
 
     builder = TimmModel(TimmModel.Config(architecture="resnet18"))
-    model = builder.build(3)
+    model = builder.build(_spec(3))
     model.model.to(memory_format=torch.channels_last)
     model._channels_last = True  # what forward() does on the first CUDA batch
-    builder.save(model, tmp_path, ["a", "b", "c"], {"input_size": (3, 32, 32)})
-    reloaded, _ = builder.load(tmp_path)
+    builder.save(model, tmp_path)
+    reloaded = builder.load(tmp_path)
+    assert reloaded.label_names == ["0", "1", "2"]
     for (name, a), b in zip(
         model.model.state_dict().items(), reloaded.model.state_dict().values(), strict=True
     ):

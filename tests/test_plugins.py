@@ -72,7 +72,11 @@ def test_broken_plugin_is_reported_and_others_keep_working(site: Path) -> None:
     assert infos["broken"]["error"] == "RuntimeError: boom: missing native library"
     assert infos["broken"]["distribution"] == "tf-extra"
     assert infos["good"]["components"] == {"metrics": ["always-one"]}
-    assert infos["text"]["components"]["tasks"] == ["text-classification", "text-regression"]
+    assert infos["text"]["components"]["tasks"] == [
+        "text-classification",
+        "text-regression",
+        "text-multilabel",
+    ]
 
 
 def test_strict_mode_reraises(site: Path) -> None:

@@ -293,7 +293,9 @@ def test_bad_regression_inputs_get_one_line_errors(
         run_cli("run", str(cfg))
     )
     cfg = text_config(tmp_path, tiny_models["bert"], metrics=["accuracy"])
-    assert "'accuracy' is a classification metric" in one_line_error(run_cli("run", str(cfg)))
+    err = one_line_error(run_cli("run", str(cfg)))
+    assert "metrics[0].name: 'accuracy' supports classification problems; task " in err
+    assert "is regression; for regression use: " in err and "rmse" in err
     assert not (tmp_path / "runs" / "run").exists()
 
 

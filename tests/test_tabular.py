@@ -174,9 +174,9 @@ def test_bad_tabular_inputs_get_one_line_errors(tmp_path: Path) -> None:
     line = one_line_error(run_cli("run", str(cfg)))
     assert "row 5: numeric feature 'a' holds 'ten'" in line
     cfg = write_config(tmp_path, balancer="smote")
-    assert "balancer smote: synthesises minority classes" in one_line_error(
-        run_cli("run", str(cfg))
-    )
+    err = one_line_error(run_cli("run", str(cfg)))
+    assert "balancer.name: 'smote' supports classification problems" in err
+    assert "for regression use: none, resample-bins, target-bins" in err
     assert not (tmp_path / "runs" / "run").exists()
 
 

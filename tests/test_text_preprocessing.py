@@ -141,13 +141,15 @@ def test_preprocessors_chain_in_list_order_through_the_text_task(tokenizer) -> N
         Lemmatize(),
     ]
     rows = data.frame.index.to_numpy()
-    ds = TASK.make_dataset(data, rows, tokenizer, chain, [], seed=0)
+    TASK.bind(tokenizer, None, chain)
+    ds = TASK.make_dataset(data, rows, [], seed=0)
     expected = ["refund [num] eur: [url], not charge!", "parcel ship [email] late"]
     assert ds.texts == expected
     assert ds[0]["input_ids"] == tokenizer.encode(expected[:1])["input_ids"][0]
     assert ds[1]["labels"] == 1
     # The order is the list order: lower-casing before masking keeps the placeholders' case.
-    swapped = TASK.make_dataset(data, rows, tokenizer, [Lowercase(), Mask()], [], seed=0)
+    TASK.bind(tokenizer, None, [Lowercase(), Mask()])
+    swapped = TASK.make_dataset(data, rows, [], seed=0)
     assert swapped.texts[0] == "refund of [NUM] eur: see [URL], still not charged!"
 
 
@@ -160,18 +162,19 @@ def test_truncation_is_counted_once_per_dataset(tiny_models, capsys) -> None:
     long = "refund invoice charged payment card price vat coupon"  # 8 words + 2 special tokens
     data = text_data([long, "my card", long, "my parcel", "late box"], list("ababa"))
     rows = data.frame.index.to_numpy()
-    ds = TASK.make_dataset(data, rows, tok, [], [], seed=0)
+    TASK.bind(tok, None, [])
+    ds = TASK.make_dataset(data, rows, [], seed=0)
     assert [len(ds[i]["input_ids"]) for i in range(5)] == [8, 4, 8, 4, 4]
     err = capsys.readouterr().err
     assert err.count("tuneforge: warning:") == 1
     assert WARNING.search(err).groups() == ("2", "5", "40.0", "8")
     # Augmented datasets encode per access, but the count is still reported once, up front.
-    aug = TASK.make_dataset(data, rows, tok, [], [WordSwap(WordSwap.Config(p=1.0))], seed=0)
+    aug = TASK.make_dataset(data, rows, [WordSwap(WordSwap.Config(p=1.0))], seed=0)
     for i in range(5):
         assert len(aug[i]["input_ids"]) <= 8
     assert capsys.readouterr().err.count("2 of 5 texts") == 1
     # Nothing truncated: no warning.
-    short = TASK.make_dataset(text_data(["my card"] * 2, ["a", "b"]), rows[:2], tok, [], [], 0)
+    short = TASK.make_dataset(text_data(["my card"] * 2, ["a", "b"]), rows[:2], [], 0)
     assert len(short) == 2 and capsys.readouterr().err == ""
 
 

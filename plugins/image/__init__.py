@@ -32,6 +32,11 @@ def register_tasks(register: Register) -> None:
         f"{_PKG}.regression:ImageRegressionTask",
         "Predict numeric target(s) per image from a CSV/Parquet of (path, targets)",
     )
+    register(
+        "image-multilabel",
+        f"{_PKG}.multilabel:ImageMultiLabelTask",
+        "Tag images with any number of labels from a CSV/Parquet of (path, labels)",
+    )
 
 
 @hookimpl

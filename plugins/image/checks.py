@@ -13,6 +13,7 @@ from pydantic import Field
 
 from tuneforge.components import (
     Finding,
+    FindingKind,
     Metric,
     Policy,
     StrictConfig,
@@ -62,13 +63,13 @@ class ImageFiles(Validator):
                 modes[info.mode] += 1
         out = []
         texts = {
-            "unreadable": ("unreadable-image", "files that are not readable images"),
+            "unreadable": (FindingKind.UNREADABLE_IMAGE, "files that are not readable images"),
             "mode": (
-                "image-mode",
+                FindingKind.IMAGE_MODE,
                 "images in a mode that does not convert to RGB/grayscale",
             ),
             "small": (
-                "image-too-small",
+                FindingKind.IMAGE_TOO_SMALL,
                 f"images smaller than min_size {self.config.min_size} px",
             ),
         }
@@ -88,7 +89,7 @@ class ImageFiles(Validator):
             shown = ", ".join(f"{m}: {n}" for m, n in modes.most_common())
             out.append(
                 Finding(
-                    "image-modes",
+                    FindingKind.IMAGE_MODES,
                     "info",
                     f"mixed image modes ({shown}); all are converted to the model's channels",
                     [],
@@ -101,7 +102,7 @@ class ImageFiles(Validator):
 class TopKAccuracy(Metric):
     """Fraction of rows whose true class is among the ``k`` highest-scored (k <= classes)."""
 
-    problem: ClassVar[str] = "classification"
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
     default_k: ClassVar[int] = 5
 
     class Config(StrictConfig):

@@ -11,20 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tuneforge.data import TaskData
 from tuneforge.errors import ConfigError
-from tuneforge.plugins.image.task import ImageClassificationTask, ImageDataset
-from tuneforge.plugins.regression import (
-    RegressionTaskMixin,
-    parse_targets,
-    target_columns,
-    target_values,
-)
+from tuneforge.plugins.image.task import ImageTask
+from tuneforge.plugins.regression import RegressionTaskMixin, parse_targets
 
 
-class ImageRegressionTask(RegressionTaskMixin, ImageClassificationTask):
+class ImageRegressionTask(RegressionTaskMixin, ImageTask):
     """Predict one or more numbers per image (``data.target``: a column or a list)."""
 
     name = "image-regression"
@@ -58,32 +51,14 @@ class ImageRegressionTask(RegressionTaskMixin, ImageClassificationTask):
             "metrics": ["rmse", "mae", "r2"],
         }
 
-    def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: Any) -> None:
-        """The target scaler, fitted on the training split."""
-        self.fit_targets(data, train_rows, model_builder)
-
-    def make_dataset(
-        self,
-        data: TaskData,
-        rows: np.ndarray,
-        tokenizer: Any,
-        preprocessors: list[Any],
-        augmenters: list[Any],
-        seed: int,
-    ) -> ImageDataset:
-        if any(getattr(a, "batch_level", False) for a in augmenters):
-            raise ConfigError("augmenters", "mixup/cutmix mixes class labels: not for regression")
-        sub = data.subset(rows)
-        paths = sub.frame[data.inputs["image"]].astype(str).tolist()
-        pixel, transform, _ = self._split_augmenters(tokenizer, augmenters, 0)
-        labels = target_values(data, rows).astype(np.float32)
-        return ImageDataset(paths, labels, tokenizer.channels, transform, pixel, None, seed)
-
-    def build_model(self, model_builder: Any, data: TaskData, tokenizer: Any) -> Any:
+    def build_model(self, data: TaskData) -> Any:
         import torch
 
-        model = model_builder.build(self.n_outputs(data), self.base_dir)
-        model.label_names = target_columns(data.target)
+        from tuneforge.plugins.image.timm_model import TimmModel
+
+        model = super().build_model(data)
+        if not isinstance(self.model_builder, TimmModel):
+            return model
         # A small head: predictions start near the (standardised) mean. timm's default head
         # init is scaled for class logits (efficientnet's is U(-1, 1) for one output), which
         # makes early regression losses explode.

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from tuneforge.components import StrictConfig, Task
+from tuneforge.components import ModelSpec, StrictConfig, Task
 from tuneforge.data import (
     TaskData,
     WorkerRandom,
@@ -28,6 +28,7 @@ from tuneforge.data import (
     resolve_classes,
 )
 from tuneforge.errors import ConfigError, DataError, UserError
+from tuneforge.plugins.problems import SingleLabelClassification
 
 #: Modes that convert losslessly enough to L/RGB; others (e.g. 32-bit float "F") are refused.
 SUPPORTED_MODES = frozenset(
@@ -187,6 +188,10 @@ class ImageCollate:
         return batch
 
 
+#: The transform's timm data config in a checkpoint (input size, mean, std, crop).
+TRANSFORM_FILE = "image_transform.json"
+
+
 def _soft_target_loss(class_weights: np.ndarray | None, focal_gamma: float | None) -> Any:
     """Cross-entropy (or focal) on class ids, and soft-target cross-entropy on mixed targets."""
     import torch
@@ -216,12 +221,15 @@ def _soft_target_loss(class_weights: np.ndarray | None, focal_gamma: float | Non
     return ImageLoss()
 
 
-class ImageClassificationTask(Task):
-    """Classify images given as a folder tree or a CSV/Parquet table of (path, label)."""
+class ImageTask(Task):
+    """The image modality, for any problem kind: image files (a folder tree or a table of
+    paths), decoded, augmented (train) and transformed by the run's ``tokenizer``
+    (``timm-transforms``). A problem kind (a base listed first) provides
+    :meth:`encode_labels` and :meth:`output_names`; the model is built with
+    ``spec.inputs = {"channels", "base_dir", "data_config"}`` (the transform's timm data
+    config)."""
 
-    problem: ClassVar[str] = "classification"
     roles: ClassVar[dict[str, str]] = {"image": "image"}
-    name = "image-classification"
 
     class Config(StrictConfig):
         pass
@@ -306,6 +314,209 @@ class ImageClassificationTask(Task):
         ]
         return frame, col
 
+    def load_inputs(self, path: Path, data_config: Any) -> pd.DataFrame:
+        """Images to predict on: a folder (all files, recursively), one image, or a table."""
+        frame, col = self._read(path, data_config, False)
+        if col != "image":
+            frame = frame.rename(columns={col: "image"}) if "image" not in frame else frame
+        return frame
+
+    # -- image facts (cached per file) ------------------------------------------------------
+    def image_info(self, paths: list[str]) -> list[ImageInfo]:
+        """:func:`inspect_image` for each path, in parallel threads, cached by path."""
+        todo = [p for p in dict.fromkeys(paths) if p not in self._info]
+        if todo:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                for p, info in zip(todo, pool.map(inspect_image, todo), strict=True):
+                    self._info[p] = info
+        return [self._info[p] for p in paths]
+
+    def content_keys(self, data: TaskData) -> pd.Series:
+        """SHA-1 of each file's bytes: byte-identical images are duplicates (kept in one split)."""
+        paths = data.frame[data.inputs["image"]].astype(str).tolist()
+        return pd.Series([i.sha1 for i in self.image_info(paths)], index=data.frame.index)
+
+    def encode_labels(self, data: TaskData, rows: np.ndarray) -> np.ndarray:
+        """The dataset's ``labels`` for ``rows`` (the problem kind's encoding)."""
+        raise NotImplementedError(f"{type(self).__name__} composes no problem kind")
+
+    def output_names(self, data: TaskData) -> list[str]:
+        """The model's outputs, in order (the problem kind's classes, labels or targets)."""
+        raise NotImplementedError(f"{type(self).__name__} composes no problem kind")
+
+    # -- training -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """The transform from the model's preprocessing defaults (timm's data config)."""
+        from tuneforge.plugins.image.timm_model import TimmModel
+        from tuneforge.plugins.image.transforms import TimmTransforms
+
+        if not isinstance(self.tokenizer, TimmTransforms):
+            raise ConfigError("tokenizer", f"{self.name} needs an image transform: timm-transforms")
+        if isinstance(self.model_builder, TimmModel):
+            if self.base_dir is not None:
+                self.model_builder.base_dir = self.base_dir
+            defaults = self.model_builder.data_config()
+        else:  # another library's model: timm's ImageNet defaults, overridable in tokenizer:
+            from timm.data import resolve_data_config
+
+            defaults = resolve_data_config({})
+        self.tokenizer.setup(defaults)
+
+    def _split_augmenters(self, augmenters: list[Any], data: TaskData) -> tuple:
+        pixel = [a for a in augmenters if not getattr(a, "replaces_transform", False)]
+        pixel = [a for a in pixel if not getattr(a, "batch_level", False)]
+        timm_aug = [a for a in augmenters if getattr(a, "replaces_transform", False)]
+        mixers = [a for a in augmenters if getattr(a, "batch_level", False)]
+        if mixers and self.problem != "classification":
+            raise ConfigError(
+                "augmenters", f"mixup/cutmix mixes class labels: not for {self.problem}"
+            )
+        transform = (
+            self.tokenizer.train_transform(timm_aug[-1].options())
+            if timm_aug
+            else self.tokenizer.eval_transform()
+        )
+        mixup = mixers[-1].params(len(data.classes or [])) if mixers else None
+        return pixel, transform, mixup
+
+    def make_dataset(
+        self, data: TaskData, rows: np.ndarray, augmenters: list[Any], seed: int
+    ) -> ImageDataset:
+        sub = data.subset(rows)
+        paths = sub.frame[data.inputs["image"]].astype(str).tolist()
+        pixel, transform, mixup = self._split_augmenters(augmenters, data)
+        labels = self.encode_labels(data, rows)
+        return ImageDataset(paths, labels, self.tokenizer.channels, transform, pixel, mixup, seed)
+
+    def collate_fn(self, on_cuda: bool) -> ImageCollate:
+        return ImageCollate(on_cuda)
+
+    def build_model(self, data: TaskData) -> Any:
+        names = self.output_names(data)
+        inputs = {
+            "channels": self.tokenizer.channels,
+            "base_dir": self.base_dir,
+            "data_config": dict(self.tokenizer.data_config),
+        }
+        return self.model_builder.build(ModelSpec(self.problem, len(names), names, inputs))
+
+    # -- artifacts ------------------------------------------------------------------------
+    def save_artifacts(self, model: Any, folder: Path) -> None:
+        """The model through its builder, and the transform's data config
+        (``image_transform.json``), which :meth:`load_artifacts` restores."""
+        import json
+
+        self.model_builder.save(model, folder)
+        cfg = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self.tokenizer.data_config.items()
+        }
+        (folder / TRANSFORM_FILE).write_text(json.dumps(cfg, indent=2))
+
+    def load_artifacts(self, folder: Path) -> Any:
+        import json
+
+        model = self.model_builder.load(folder)
+        path = folder / TRANSFORM_FILE
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{folder}: not an image checkpoint (no {TRANSFORM_FILE})") from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: unreadable ({type(exc).__name__})") from None
+        if self.tokenizer is not None:
+            self.tokenizer.data_config = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()
+            }
+        return model
+
+    def predict_dataset(self, frame: pd.DataFrame, data_config: Any) -> ImageDataset:
+        paths = frame["image"].astype(str).tolist()
+        bad = [
+            (i, p)
+            for i, (p, info) in enumerate(zip(paths, self.image_info(paths), strict=True))
+            if info.problem
+        ]
+        if bad:
+            i, p = bad[0]
+            raise DataError(f"{p}: {self._info[p].problem} (input row {i}; {len(bad)} bad in all)")
+        return ImageDataset(
+            paths, None, self.tokenizer.channels, self.tokenizer.eval_transform(), [], None, 0
+        )
+
+    # -- augmentation preview ---------------------------------------------------------------
+    def preview_augmented(
+        self, data: TaskData, rows: np.ndarray, augmenters: list[Any], seed: int, folder: Path
+    ) -> list[str]:
+        """One PNG per example in ``folder`` (``row-<row>.png``), three panels at one height:
+        the decoded image, the image after the pixel augmenters (albumentations, imgaug), and
+        the model's input (the training transform's output, timm-augment's random crops and
+        flips included, un-normalised). Mixup/cutmix mixes whole batches in the collate
+        function: it is named, not drawn."""
+        import random
+
+        import torch
+
+        dataset = self.make_dataset(data, rows, augmenters, seed)
+        if not isinstance(dataset, ImageDataset):  # a subclass with a dataset of its own
+            return super().preview_augmented(data, rows, augmenters, seed, folder)
+        random.seed(seed)  # timm's training transform draws from the global generators
+        torch.manual_seed(seed)
+        lines = []
+        if dataset.mixup is not None:
+            lines.append(
+                "mixup/cutmix mixes whole training batches (in the collate function): not drawn"
+            )
+        mean, std = self.tokenizer.data_config["mean"], self.tokenizer.data_config["std"]
+        for i, row in enumerate(rows):
+            panels = [open_image(dataset.paths[i], dataset.channels)]
+            panels.append(dataset.image(i))
+            panels.append(self._picture(dataset.transform(panels[1]), mean, std))
+            name = f"row-{int(row)}.png"
+            self._side_by_side(panels).save(folder / name)
+            sizes = " | ".join(
+                f"{what} {p.width}x{p.height}"
+                for what, p in zip(("decoded", "augmented", "model input"), panels, strict=True)
+            )
+            lines.append(f"row {int(row)}: {name} ({sizes})")
+        return lines
+
+    @staticmethod
+    def _picture(pixels: Any, mean: Any, std: Any) -> Any:
+        """A normalised ``channels x height x width`` tensor back to a PIL image."""
+        from PIL import Image
+
+        x = pixels.detach().float().cpu().numpy()
+        m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+        s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+        x = np.clip((x * s + m) * 255.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(x[0]) if x.shape[0] == 1 else Image.fromarray(x.transpose(1, 2, 0))
+
+    @staticmethod
+    def _side_by_side(panels: list[Any], gap: int = 4) -> Any:
+        """``panels`` scaled to one height (128 to 512 pixels) on a white RGB canvas."""
+        from PIL import Image
+
+        height = min(512, max(128, *(p.height for p in panels)))
+        scaled = []
+        for p in panels:
+            width = max(1, round(p.width * height / p.height))
+            resample = Image.NEAREST if height >= p.height else Image.BILINEAR
+            scaled.append(p.convert("RGB").resize((width, height), resample))
+        canvas = Image.new(
+            "RGB", (sum(p.width for p in scaled) + gap * (len(scaled) - 1), height), "white"
+        )
+        x = 0
+        for p in scaled:
+            canvas.paste(p, (x, 0))
+            x += p.width + gap
+        return canvas
+
+
+class ImageClassificationTask(SingleLabelClassification, ImageTask):
+    """Classify images given as a folder tree or a CSV/Parquet table of (path, label)."""
+
+    name = "image-classification"
+
     def load(self, data_config: Any, base_dir: Path) -> TaskData:
         self.base_dir = base_dir
         if data_config.target is not None:
@@ -329,13 +540,6 @@ class ImageClassificationTask(Task):
             modalities={"image": "image"},
         )
 
-    def load_inputs(self, path: Path, data_config: Any) -> pd.DataFrame:
-        """Images to predict on: a folder (all files, recursively), one image, or a table."""
-        frame, col = self._read(path, data_config, False)
-        if col != "image":
-            frame = frame.rename(columns={col: "image"}) if "image" not in frame else frame
-        return frame
-
     def defaults(self) -> dict[str, Any]:
         return {
             "validators": [
@@ -350,103 +554,9 @@ class ImageClassificationTask(Task):
             "metrics": ["accuracy", "top5_accuracy", "balanced_accuracy", "f1_macro"],
         }
 
-    # -- image facts (cached per file) ------------------------------------------------------
-    def image_info(self, paths: list[str]) -> list[ImageInfo]:
-        """:func:`inspect_image` for each path, in parallel threads, cached by path."""
-        todo = [p for p in dict.fromkeys(paths) if p not in self._info]
-        if todo:
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                for p, info in zip(todo, pool.map(inspect_image, todo), strict=True):
-                    self._info[p] = info
-        return [self._info[p] for p in paths]
-
-    def content_keys(self, data: TaskData) -> pd.Series:
-        """SHA-1 of each file's bytes: byte-identical images are duplicates (kept in one split)."""
-        paths = data.frame[data.inputs["image"]].astype(str).tolist()
-        return pd.Series([i.sha1 for i in self.image_info(paths)], index=data.frame.index)
-
-    # -- training -------------------------------------------------------------------------
-    def prepare(self, tokenizer: Any, model_builder: Any) -> None:
-        if tokenizer is None or not hasattr(tokenizer, "eval_transform"):
-            raise ConfigError("tokenizer", f"{self.name} needs an image transform: timm-transforms")
-        if self.base_dir is not None:
-            model_builder.base_dir = self.base_dir
-        tokenizer.setup(model_builder.data_config())
-
-    @staticmethod
-    def _split_augmenters(tokenizer: Any, augmenters: list[Any], classes: int) -> tuple:
-        pixel = [a for a in augmenters if not getattr(a, "replaces_transform", False)]
-        pixel = [a for a in pixel if not getattr(a, "batch_level", False)]
-        timm_aug = [a for a in augmenters if getattr(a, "replaces_transform", False)]
-        mixers = [a for a in augmenters if getattr(a, "batch_level", False)]
-        transform = (
-            tokenizer.train_transform(timm_aug[-1].options())
-            if timm_aug
-            else tokenizer.eval_transform()
-        )
-        mixup = mixers[-1].params(classes) if mixers else None
-        return pixel, transform, mixup
-
-    def make_dataset(
-        self,
-        data: TaskData,
-        rows: np.ndarray,
-        tokenizer: Any,
-        preprocessors: list[Any],
-        augmenters: list[Any],
-        seed: int,
-    ) -> ImageDataset:
-        sub = data.subset(rows)
-        paths = sub.frame[data.inputs["image"]].astype(str).tolist()
-        pixel, transform, mixup = self._split_augmenters(
-            tokenizer, augmenters, len(data.classes or [])
-        )
-        return ImageDataset(
-            paths, sub.label_ids(), tokenizer.channels, transform, pixel, mixup, seed
-        )
-
-    def collate_fn(self, tokenizer: Any, on_cuda: bool) -> ImageCollate:
-        return ImageCollate(on_cuda)
-
-    def build_model(self, model_builder: Any, data: TaskData, tokenizer: Any) -> Any:
-        model = model_builder.build(len(data.classes or []), self.base_dir)
-        model.label_names = [str(c) for c in data.classes or []]
-        return model
-
     def loss_fn(self, class_weights: np.ndarray | None, focal_gamma: float | None = None) -> Any:
+        """Cross-entropy (or focal) on class ids, soft-target cross-entropy on mixup batches."""
         return _soft_target_loss(class_weights, focal_gamma)
-
-    def predictions(self, logits: Any) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        probs = torch.softmax(logits.float(), dim=-1)
-        return probs.argmax(dim=-1).numpy(), probs.numpy()
-
-    # -- artifacts ------------------------------------------------------------------------
-    def save_artifacts(self, model: Any, tokenizer: Any, model_builder: Any, folder: Path) -> None:
-        model_builder.save(model, folder, model.label_names, tokenizer.data_config)
-
-    def load_artifacts(self, folder: Path, tokenizer: Any, model_builder: Any) -> Any:
-        model, data_cfg = model_builder.load(folder)
-        if tokenizer is not None:
-            tokenizer.data_config = data_cfg
-        return model
-
-    def predict_dataset(
-        self, frame: pd.DataFrame, data_config: Any, tokenizer: Any, preprocessors: list[Any]
-    ) -> ImageDataset:
-        paths = frame["image"].astype(str).tolist()
-        bad = [
-            (i, p)
-            for i, (p, info) in enumerate(zip(paths, self.image_info(paths), strict=True))
-            if info.problem
-        ]
-        if bad:
-            i, p = bad[0]
-            raise DataError(f"{p}: {self._info[p].problem} (input row {i}; {len(bad)} bad in all)")
-        return ImageDataset(
-            paths, None, tokenizer.channels, tokenizer.eval_transform(), [], None, 0
-        )
 
     # -- label noise (issue 6) --------------------------------------------------------------
     def label_noise_inputs(
@@ -487,7 +597,7 @@ class ImageClassificationTask(Task):
 
         arch = WEIGHTS_PACKAGES[backbone][0]
         builder = TimmModel(TimmModel.Config(architecture=arch, weights=backbone))
-        model = builder.build(2).eval()
+        model = builder.build(ModelSpec("classification", 2, ["a", "b"], {"channels": 3})).eval()
         transforms = TimmTransforms()
         transforms.setup(builder.data_config())
         t = transforms.eval_transform()

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field
 
-from tuneforge.components import ModelBuilder, StrictConfig
+from tuneforge.components import ModelBuilder, ModelSpec, StrictConfig
 from tuneforge.errors import ConfigError, UserError
 
 #: Named weights sources: name -> (timm architecture, loader returning a state dict path).
@@ -164,6 +164,8 @@ def _wrapper_class() -> Any:
         def __init__(self, model: torch.nn.Module, freeze_epochs: int = 0) -> None:
             super().__init__()
             self.model = model
+            self.label_names: list[str] = []  # the outputs' names, saved with the model
+            self.data_config: dict[str, Any] = {}  # timm preprocessing it was trained with
             self.freeze_epochs = freeze_epochs
             self.frozen = False
             self._channels_last = False
@@ -343,15 +345,21 @@ class TimmModel(ModelBuilder):
                 "model.model_args", f"{c.architecture} does not take these arguments: {exc}"
             ) from None
 
-    def build(self, num_classes: int, base_dir: Path | None = None) -> Any:
-        """A new model with ``num_classes`` outputs, pretrained weights loaded if configured."""
-        if base_dir is not None:
-            self.base_dir = base_dir
-        model = self.create(num_classes)
+    def build(self, spec: ModelSpec) -> Any:
+        """A new model with ``spec.n_outputs`` outputs, pretrained weights loaded if
+        configured (a relative ``weights`` path is against ``spec.inputs["base_dir"]``). The
+        wrapper keeps the spec's output names and the transform's data config
+        (``spec.inputs["data_config"]``) for :meth:`save`."""
+        if spec.inputs.get("base_dir") is not None:
+            self.base_dir = spec.inputs["base_dir"]
+        model = self.create(spec.n_outputs)
         source = self.weights_source()
         if source is not None:
             self.load_pretrained(model, *source)
-        return _wrapper_class()(model, self.config.freeze_epochs)
+        wrapper = _wrapper_class()(model, self.config.freeze_epochs)
+        wrapper.label_names = list(spec.output_names)
+        wrapper.data_config = dict(spec.inputs.get("data_config") or self.data_config())
+        return wrapper
 
     def load_pretrained(
         self, model: Any, path: Path, source: str, check_only: bool = False
@@ -391,10 +399,12 @@ class TimmModel(ModelBuilder):
         return sd
 
     # -- saving and loading ------------------------------------------------------------------
-    def save(self, model: Any, folder: Path, label_names: list[str], data_cfg: dict) -> None:
-        """``model.safetensors`` + ``config.json`` in timm's own format (``save_for_hf``)."""
+    def save(self, model: Any, folder: Path) -> None:
+        """``model.safetensors`` + ``config.json`` in timm's own format (``save_for_hf``), with
+        the output names and the preprocessing config the model was built for."""
         from timm.models import save_for_hf
 
+        label_names, data_cfg = model.label_names, model.data_config
         inner = model.model
         inner.pretrained_cfg = {
             **inner.pretrained_cfg,
@@ -421,8 +431,9 @@ class TimmModel(ModelBuilder):
             if channels_last:
                 inner.to(memory_format=torch.channels_last)
 
-    def load(self, folder: Path) -> tuple[Any, dict[str, Any]]:
-        """The model saved by :meth:`save` and its saved preprocessing config."""
+    def load(self, folder: Path) -> Any:
+        """The model saved by :meth:`save` (its wrapper holds the saved output names and
+        preprocessing config)."""
         from safetensors.torch import load_file
 
         cfg_path, weights = folder / "config.json", folder / "model.safetensors"
@@ -443,4 +454,7 @@ class TimmModel(ModelBuilder):
             for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
             if k in pcfg
         }
-        return _wrapper_class()(model, 0), data_cfg
+        wrapper = _wrapper_class()(model, 0)
+        wrapper.label_names = list(cfg.get("label_names") or [])
+        wrapper.data_config = data_cfg
+        return wrapper

@@ -167,10 +167,35 @@ def _metrics_section(run_dir: Path, metrics: dict[str, Any], problem: str) -> st
     return "".join(parts)
 
 
+def _per_label(run_dir: Path) -> str:
+    """A multi-label run's per-label test table (``metrics.json`` ``test_details.per_label``)
+    with each label's decision threshold (``checkpoint/thresholds.json``)."""
+    metrics = read_json(run_dir / "metrics.json") or {}
+    details = metrics.get("test_details") if isinstance(metrics, dict) else None
+    table_rows = details.get("per_label") if isinstance(details, dict) else None
+    if not isinstance(table_rows, list) or not table_rows:
+        return ""
+    saved = read_json(run_dir / "checkpoint" / "thresholds.json") or {}
+    thresholds = saved.get("thresholds") if isinstance(saved, dict) else None
+    thresholds = thresholds if isinstance(thresholds, dict) else {}
+    keys = ("precision", "recall", "f1", "support", "predicted")
+    rows = [
+        [esc(r.get("label", ""))]
+        + [fmt(r.get(k)) for k in keys]
+        + [fmt(thresholds.get(str(r.get("label"))))]
+        for r in table_rows
+        if isinstance(r, dict)
+    ]
+    header = ["label", "precision", "recall", "F1", "support", "predicted", "threshold"]
+    return "<h3>Per label (test)</h3>" + table(header, rows, "num")
+
+
 def _per_class(run_dir: Path) -> str:
     from tuneforge.plugins.report.plots import read_predictions
 
     labels = read_json(run_dir / "labels.json") or {}
+    if isinstance(labels, dict) and labels.get("problem") == "multilabel":
+        return _per_label(run_dir)
     classes = [str(c) for c in (labels.get("classes") or [])] if isinstance(labels, dict) else []
     frame = read_predictions(run_dir)
     if not classes or frame is None or not len(frame):

@@ -215,6 +215,8 @@ def plot_confusion_matrix(run_dir: Path, out: Path) -> str | None:
     """Test-set confusion matrix over the classes of ``labels.json``, counts annotated."""
     labels = read_json(run_dir / "labels.json") or {}
     classes = [str(c) for c in (labels.get("classes") or [])] if isinstance(labels, dict) else []
+    if problem_of(run_dir) == "multilabel":  # label sets: the report's per-label table instead
+        return "a multi-label run has no confusion matrix (see the per-label table)"
     frame = read_predictions(run_dir)
     if not classes or frame is None or not len(frame):
         return "no test predictions of a classification run"

@@ -25,6 +25,11 @@ def register_tasks(register: Register) -> None:
         f"{_PKG}.task:TabularClassificationTask",
         "Classify rows of numeric and categorical columns",
     )
+    register(
+        "tabular-multilabel",
+        f"{_PKG}.multilabel:TabularMultiLabelTask",
+        "Tag rows of numeric and categorical columns with any number of labels",
+    )
 
 
 @hookimpl

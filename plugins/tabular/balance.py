@@ -8,7 +8,7 @@ get row labels after the last data row and appear in ``split.json`` ``balanced_t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from tuneforge.errors import UserError
 
 
 class _Smote(Balancer):
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
     method = "smote"
 
     class Config(StrictConfig):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from tuneforge.components import Finding, Validator, ValidatorConfig
+from tuneforge.components import Finding, FindingKind, Validator, ValidatorConfig
 from tuneforge.data import TaskData
 from tuneforge.plugins.validators import preview
 
@@ -38,7 +38,7 @@ class MissingFeatures(Validator):
                 )
                 out.append(
                     Finding(
-                        "missing-feature",
+                        FindingKind.MISSING_FEATURE,
                         "warning",
                         f"{len(rows)} rows have no value in feature {col!r} ({then}): rows "
                         f"{preview(rows)}",

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tuneforge.components import ModelBuilder, StrictConfig
-from tuneforge.errors import UserError
+from tuneforge.components import ModelBuilder, ModelSpec, StrictConfig
+from tuneforge.errors import ConfigError, UserError
 
 ARCH_FILE = "mlp.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -76,7 +76,17 @@ class MLP(ModelBuilder):
             None, description="regression loss on standardised targets (default mse)"
         )
 
-    def build_tabular(self, n_numeric: int, cardinalities: list[int], n_outputs: int) -> Any:
+    def build(self, spec: ModelSpec) -> Any:
+        """An MLP over ``spec.inputs["n_numeric"]`` standardised numeric columns and one
+        embedding per categorical column (``spec.inputs["cardinalities"]``), with
+        ``spec.n_outputs`` outputs."""
+        try:
+            n_numeric, cardinalities = spec.inputs["n_numeric"], spec.inputs["cardinalities"]
+        except KeyError:
+            raise ConfigError(
+                "model.name", "mlp is a tabular model: use it with a tabular task"
+            ) from None
+        n_outputs = spec.n_outputs
         cfg = self.config
         arch = {
             "n_numeric": n_numeric,

@@ -15,9 +15,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from tuneforge.components import StrictConfig, Task
+from tuneforge.components import ModelSpec, StrictConfig, Task
 from tuneforge.data import TaskData, read_table, require_columns, resolve_classes
 from tuneforge.errors import ConfigError, DataError
+from tuneforge.plugins.problems import SingleLabelClassification
 from tuneforge.plugins.regression import (
     DEFAULT_METRICS,
     DEFAULT_VALIDATORS,
@@ -38,12 +39,14 @@ from tuneforge.plugins.tabular.features import (
 )
 
 
-class _TabularBase(Task):
-    """Loading, preprocessing, datasets and artifacts shared by the two tabular tasks."""
+class TabularTask(Task):
+    """The tabular modality, for any problem kind: loading, feature preprocessing (fitted on
+    the train split, saved with the checkpoint), datasets and artifacts. A problem kind (a
+    base listed first) provides :meth:`encode_labels` and :meth:`output_names`; the model is
+    built with ``spec.inputs = {"n_numeric", "cardinalities"}``."""
 
     roles: ClassVar[dict[str, str]] = {}
     features: FeaturePreprocessor | None = None
-    n_classes: int | None = None
 
     class Config(StrictConfig):
         pass
@@ -99,68 +102,62 @@ class _TabularBase(Task):
         return pd.util.hash_pandas_object(data.frame[cols], index=False)
 
     # -- training ---------------------------------------------------------------------------
-    def prepare(self, tokenizer: Any, model_builder: Any) -> None:
+    def encode_labels(self, data: TaskData, rows: np.ndarray) -> np.ndarray:
+        """The dataset's ``labels`` for ``rows`` (the problem kind's encoding)."""
+        raise NotImplementedError(f"{type(self).__name__} composes no problem kind")
+
+    def output_names(self, data: TaskData) -> list[str]:
+        """The model's outputs, in order (the problem kind's classes, labels or targets)."""
+        raise NotImplementedError(f"{type(self).__name__} composes no problem kind")
+
+    # -- training ---------------------------------------------------------------------------
+    def bind(self, tokenizer: Any, model_builder: Any, preprocessors: list[Any]) -> None:
         if tokenizer is not None:
             raise ConfigError("tokenizer", f"{self.name} takes no tokenizer; remove the section")
+        super().bind(tokenizer, model_builder, preprocessors)
 
-    def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: Any) -> None:
-        """Fit the feature preprocessing (and, for regression, the target scaler) on train."""
-        if not hasattr(model_builder, "build_tabular"):
-            raise ConfigError(
-                "model.name", f"{self.name} needs a tabular model (mlp), not this one"
-            )
+    def fit(self, data: TaskData, train_rows: np.ndarray) -> None:
+        """Fit the feature preprocessing on the train split (missing numeric values filled as
+        the model's ``impute`` parameter says, median by default)."""
         numeric, categorical = self.feature_kinds(data)
+        impute = dict(self.model_builder.config).get("impute") or "median"
         self.features = FeaturePreprocessor.fit(
-            data.frame.loc[train_rows],
-            numeric,
-            categorical,
-            model_builder.config.impute,
-            data.source,
+            data.frame.loc[train_rows], numeric, categorical, impute, data.source
         )
-
-    def _labels(self, data: TaskData, rows: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        super().fit(data, train_rows)  # cooperative: Task.fit
 
     def make_dataset(
-        self,
-        data: TaskData,
-        rows: np.ndarray,
-        tokenizer: Any,
-        preprocessors: list[Any],
-        augmenters: list[Any],
-        seed: int,
+        self, data: TaskData, rows: np.ndarray, augmenters: list[Any], seed: int
     ) -> TabularDataset:
         assert self.features is not None, "fit() first"
         x_num, x_cat = self.features.transform(data.frame.loc[rows], data.source)
-        return TabularDataset(
-            x_num, x_cat, self._labels(data, rows), augmenters, seed, self.n_classes
-        )
+        n_classes = len(data.classes) if self.problem == "classification" else None
+        labels = self.encode_labels(data, rows)
+        return TabularDataset(x_num, x_cat, labels, augmenters, seed, n_classes)
 
-    def collate_fn(self, tokenizer: Any, on_cuda: bool) -> Any:
+    def collate_fn(self, on_cuda: bool) -> Any:
         return collate
 
-    def n_outputs(self, data: TaskData) -> int:
-        raise NotImplementedError
-
-    def build_model(self, model_builder: Any, data: TaskData, tokenizer: Any) -> Any:
+    def build_model(self, data: TaskData) -> Any:
         assert self.features is not None
-        return model_builder.build_tabular(
-            len(self.features.numeric), self.features.cardinalities, self.n_outputs(data)
-        )
+        names = self.output_names(data)
+        inputs = {
+            "n_numeric": len(self.features.numeric),
+            "cardinalities": list(self.features.cardinalities),
+        }
+        return self.model_builder.build(ModelSpec(self.problem, len(names), names, inputs))
 
     # -- artifacts --------------------------------------------------------------------------
-    def save_artifacts(self, model: Any, tokenizer: Any, model_builder: Any, folder: Path) -> None:
+    def save_artifacts(self, model: Any, folder: Path) -> None:
         assert self.features is not None
-        model_builder.save(model, folder)
+        self.model_builder.save(model, folder)
         self.features.save(folder)
 
-    def load_artifacts(self, folder: Path, tokenizer: Any, model_builder: Any) -> Any:
+    def load_artifacts(self, folder: Path) -> Any:
         self.features = FeaturePreprocessor.load(folder)
-        return model_builder.load(folder)
+        return self.model_builder.load(folder)
 
-    def predict_dataset(
-        self, frame: pd.DataFrame, data_config: Any, tokenizer: Any, preprocessors: list[Any]
-    ) -> TabularDataset:
+    def predict_dataset(self, frame: pd.DataFrame, data_config: Any) -> TabularDataset:
         assert self.features is not None, "load_artifacts() first"
         source = str(frame.attrs.get("source", "input"))
         x_num, x_cat = self.features.transform(frame, source)
@@ -190,12 +187,69 @@ class _TabularBase(Task):
             ),
         }
 
+    # -- augmentation preview ---------------------------------------------------------------
+    def preview_augmented(
+        self, data: TaskData, rows: np.ndarray, augmenters: list[Any], seed: int, folder: Path
+    ) -> list[str]:
+        """One line per example: the values the augmenters changed, before -> after. Numeric
+        features in their column's units (augmenters see them standardised, missing values
+        imputed), categorical values, and the label (which mixup mixes). Writes no files."""
+        dataset = self.make_dataset(data, rows, augmenters, seed)
+        features = self.features
+        if not isinstance(dataset, TabularDataset) or features is None:
+            return super().preview_augmented(data, rows, augmenters, seed, folder)
+        names = self.output_names(data)
+        lines = []
+        for i, row in enumerate(rows):
+            item = dataset[i]
+            changes = []
+            before, after = dataset.x_num[i], item["x_num"].numpy()
+            for j, col in enumerate(features.numeric):
+                if not np.isclose(before[j], after[j], rtol=1e-6, atol=0):
+                    a, b = (v * features.std[j] + features.mean[j] for v in (before[j], after[j]))
+                    changes.append(f"{col} {self._change(a, b)}")
+            codes, new_codes = dataset.x_cat[i], item["x_cat"].numpy()
+            for j, col in enumerate(features.categorical):
+                if codes[j] != new_codes[j]:
+                    cats = ["(missing)", *features.categories[col]]
+                    changes.append(f"{col} {cats[codes[j]]!s:.40} -> {cats[new_codes[j]]!s:.40}")
+            if dataset.labels is not None:  # first: what mixup changes most
+                label = self._label_change(dataset, i, item["labels"].numpy(), names)
+                changes = ([label] if label else []) + changes
+            shown = changes[:8] + ([f"... ({len(changes)} changes)"] if len(changes) > 8 else [])
+            lines.append(f"row {int(row)}: " + ("; ".join(shown) if shown else "unchanged"))
+        return lines
+
+    @staticmethod
+    def _label_change(dataset: TabularDataset, i: int, after: np.ndarray, names: list[str]) -> str:
+        """``label <before> -> <after>`` when an augmenter changed example ``i``'s label."""
+        y = np.asarray(dataset.labels[i])
+        if dataset.soft:  # class ids one-hot so that mixup can mix them
+            before = np.zeros(dataset.soft, dtype=np.float32)
+            before[int(y)] = 1.0
+            if np.allclose(before, after):
+                return ""
+            mixed = ", ".join(f"{names[k]} {p:.2f}" for k, p in enumerate(after) if p >= 0.005)
+            return f"label {names[int(y)]} -> {mixed}"
+        if np.allclose(y.astype(np.float64), after.astype(np.float64)):
+            return ""
+        pairs = zip(np.atleast_1d(y), np.atleast_1d(after), strict=True)
+        return "label " + ", ".join(TabularTask._change(a, b) for a, b in pairs)
+
+    @staticmethod
+    def _change(a: float, b: float) -> str:
+        """``a -> b`` with the fewest significant digits (4 to 8) that tell them apart."""
+        digits = 4
+        while digits < 8 and f"{a:.{digits}g}" == f"{b:.{digits}g}":
+            digits += 1
+        return f"{a:.{digits}g} -> {b:.{digits}g}"
+
 
 def _is_categorical(series: pd.Series) -> bool:
     return not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
 
 
-class TabularRegressionTask(RegressionTaskMixin, _TabularBase):
+class TabularRegressionTask(RegressionTaskMixin, TabularTask):
     """Predict numeric target(s) (``data.target``) from tabular features with an mlp."""
 
     name = "tabular-regression"
@@ -217,13 +271,6 @@ class TabularRegressionTask(RegressionTaskMixin, _TabularBase):
             "metrics": DEFAULT_METRICS,
         }
 
-    def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: Any) -> None:
-        super().fit(data, train_rows, model_builder)
-        self.fit_targets(data, train_rows, model_builder)
-
-    def _labels(self, data: TaskData, rows: np.ndarray) -> np.ndarray:
-        return target_values(data, rows).astype(np.float32)
-
     def baselines(self, data: TaskData, split: Any, metrics: dict[str, Any]) -> dict[str, float]:
         """Ridge and histogram gradient boosting on the same train/test split."""
         from sklearn.ensemble import HistGradientBoostingRegressor
@@ -242,11 +289,10 @@ class TabularRegressionTask(RegressionTaskMixin, _TabularBase):
         )
 
 
-class TabularClassificationTask(_TabularBase):
+class TabularClassificationTask(SingleLabelClassification, TabularTask):
     """Classify rows (``data.label``) from tabular features with an mlp."""
 
     name = "tabular-classification"
-    problem: ClassVar[str] = "classification"
 
     def load(self, data_config: Any, base_dir: Path) -> TaskData:
         if data_config.target is not None:
@@ -271,27 +317,6 @@ class TabularClassificationTask(_TabularBase):
             "metrics": ["accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"],
         }
 
-    def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: Any) -> None:
-        super().fit(data, train_rows, model_builder)
-        self.n_classes = len(data.classes or [])
-
-    def _labels(self, data: TaskData, rows: np.ndarray) -> np.ndarray:
-        return data.subset(rows).label_ids()
-
-    def n_outputs(self, data: TaskData) -> int:
-        return len(data.classes or [])
-
-    def loss_fn(self, class_weights: np.ndarray | None, focal_gamma: float | None = None) -> Any:
-        from tuneforge.plugins.losses import classification_loss
-
-        return classification_loss(class_weights, focal_gamma)
-
-    def predictions(self, logits: Any) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        probs = torch.softmax(logits.float(), dim=-1)
-        return probs.argmax(dim=-1).numpy(), probs.numpy()
-
     def baselines(self, data: TaskData, split: Any, metrics: dict[str, Any]) -> dict[str, float]:
         """Logistic regression and gradient boosting on the same split."""
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -299,7 +324,7 @@ class TabularClassificationTask(_TabularBase):
 
         y_train = data.subset(split.train).label_ids()
         y_test = data.subset(split.test).label_ids()
-        out: dict[str, float] = {}  # the pipeline adds the majority-class baseline
+        out = super().baselines(data, split, metrics)  # the majority-class baseline
         models = self.reference_models(
             data,
             ("logistic", LogisticRegression(max_iter=2000)),

