@@ -346,6 +346,8 @@ def _plugin_commands(argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("TUNEFORGE_DEBUG"))
+    if "--debug" in argv:  # taken anywhere: `tuneforge run CONFIG --debug` as well
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     try:
         parser = build_parser(_plugin_commands(argv))
         args = parser.parse_args(argv)

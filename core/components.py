@@ -43,7 +43,8 @@ class Component:
     """A configurable component: ``Component(config)``."""
 
     #: The problem kinds (:attr:`Task.problem`: ``"classification"``, ``"multilabel"``,
-    #: ``"regression"``...) a validator, balancer or metric supports; empty: every problem.
+    #: ``"regression"``...) a validator, balancer, augmenter or metric supports; empty: every
+    #: problem.
     #: A config that selects it for a task of another problem is refused before anything runs,
     #: naming the components of its kind that fit.
     problems: ClassVar[tuple[str, ...]] = ()
@@ -588,14 +589,14 @@ class Task(Component, abc.ABC):
         self, predict_val: Callable[[], tuple[Any, Any]], folder: Path
     ) -> dict[str, Any]:
         """Called once after training, with the best model loaded and before the test split is
-        predicted: e.g. tune decision thresholds on the validation split.
+        predicted: e.g. tune decision thresholds on the validation split. Returns what to record
+        in ``metrics.json`` under ``tuning``; by default nothing is tuned and ``predict_val`` is
+        not called.
 
         :param predict_val: ``() -> (logits, labels)`` of the validation split (CPU tensors),
             computed when called.
         :param folder: the best checkpoint's folder; files added there (a ``thresholds.json``)
             are read back by :meth:`load_artifacts`, at predict time too.
-        :returns: what to record in ``metrics.json`` under ``tuning``. By default nothing is
-            tuned and ``predict_val`` is not called.
         """
         return {}
 

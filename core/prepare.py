@@ -99,19 +99,23 @@ def check_problems(
     cfg: RunConfig,
     validators: list[tuple[ComponentRef, Validator]],
     balancer: Balancer,
+    augmenters: list[tuple[ComponentRef, Augmenter]],
     metrics: dict[str, Metric],
 ) -> None:
-    """Refuse a validator, balancer or metric that does not support the task's problem kind
+    """Refuse a validator, balancer, augmenter or metric that does not support the task's problem kind
     (:attr:`~tuneforge.components.Component.problems`), naming those of its kind that do."""
     chosen = [(f"validators[{i}]", r.name, v) for i, (r, v) in enumerate(validators)]
     chosen.append(("balancer", cfg.balancer.name, balancer))
+    chosen += [(f"augmenters[{i}]", r.name, a) for i, (r, a) in enumerate(augmenters)]
     chosen += [(f"metrics[{i}]", n, m) for i, (n, m) in enumerate(metrics.items())]
     for key, name, comp in chosen:
         if not comp.problems or task.problem in comp.problems:
             continue
         kind = section_kind(key)
         fits = [e.name for e in regs[kind] if task.problem in (e.problems() or (task.problem,))]
+        # augmenters are also chosen by modality: a list of every one would mislead
         hint = f"; for {task.problem} use: {', '.join(sorted(fits))}" if fits else ""
+        hint = "" if kind == "augmenters" else hint
         raise ConfigError(
             f"{key}.name",
             f"{name!r} supports {' and '.join(comp.problems)} problems; task {task.name!r} "
@@ -153,7 +157,15 @@ def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
         ref.name: build_component(regs, ref, f"metrics[{i}]", Metric)
         for i, ref in enumerate(cfg.metrics or [])
     }
-    check_problems(regs, task, cfg, validators, balancer, metrics)
+    check_problems(
+        regs,
+        task,
+        cfg,
+        validators,
+        balancer,
+        list(zip(cfg.augmenters, augmenters, strict=True)),
+        metrics,
+    )
     task.bind(tokenizer, model_builder, preprocessors)
     callbacks = [make_component(regs, r, f"callbacks[{i}]") for i, r in enumerate(cfg.callbacks)]
     monitor = cfg.trainer.monitor
@@ -168,6 +180,11 @@ def prepare(cfg: RunConfig, base_dir: Path, pm: PluginManager) -> Prepared:
         mode = (
             "min" if monitor == "loss" else ("max" if metrics[monitor].greater_is_better else "min")
         )
+    for role in cfg.data.columns if task.roles else ():  # a task declaring its input roles
+        if role not in task.roles:
+            raise ConfigError(
+                f"data.columns.{role}", f"unknown role; {task.name} uses: {', '.join(task.roles)}"
+            )
     data = task.load(cfg.data, base_dir)
     modalities = set(data.modalities.values())
     for i, (ref, comp) in enumerate(

@@ -450,6 +450,9 @@ class RunFolder:
         self.committed = False
         self._history: Any = None
         self._done = False
+        # The folders this run makes above its own (output.dir's parents), deepest first: an
+        # abort removes them again when they are empty, so a refused run leaves nothing.
+        self._made = [p for p in (self.final.parent, *self.final.parent.parents) if not p.exists()]
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock(self.final)
@@ -684,6 +687,11 @@ class RunFolder:
             self._done = True
         finally:
             self.release()
+        for folder in self._made:  # deepest first; one another run uses now is not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def fail(self, error: BaseException) -> Path:
         """Keep what a run that crashed during training logged, beside (never at) the final name.

@@ -27,7 +27,7 @@ from tuneforge.checkpoint import (
 )
 from tuneforge.config import TrainerConfig
 from tuneforge.console import Console
-from tuneforge.errors import UserError
+from tuneforge.errors import PluginError, UserError
 
 
 @dataclass
@@ -222,6 +222,25 @@ class _Fit:
     total: int = 0  # optimizer steps in the whole run
     interactive: bool = False  # a live progress bar (the main process on a terminal)
     verbose: bool = False  # a line per log and per checkpoint (the main process, verbose mode)
+
+
+def _forward(model: Any, batch: dict[str, Any]) -> Any:
+    """``model(**batch)``; a forward that does not take the task's batch keys is the plugins'
+    mismatch (a :class:`~tuneforge.errors.PluginError` naming both), not a tuneforge bug."""
+    try:
+        return model(**batch)
+    except TypeError as exc:
+        import inspect
+
+        try:
+            inspect.signature(model.forward).bind(**batch)
+        except TypeError as why:
+            params = ", ".join(inspect.signature(model.forward).parameters)
+            raise PluginError(
+                f"the model's forward({params}) does not take the task's batch "
+                f"{sorted(batch)}: {why}; see docs/plugins.md, 'Writing a model'"
+            ) from exc
+        raise
 
 
 def _logits(out: Any) -> Any:
@@ -872,7 +891,7 @@ class Trainer:
         self._grads_touched = False
         n = int(labels.shape[0])
         if chunks == 1:
-            out = model(**batch)
+            out = _forward(model, batch)
             loss = self._loss(loss_fn, _logits(out).float(), labels, weights)
             self._grads_touched = True
             acc.backward(self._penalised(loss))
@@ -882,7 +901,7 @@ class Trainer:
             w = None if weights is None else weights[part]
             rows = min(n, part.stop) - part.start
             share = (w.sum() / weights.sum()) if w is not None else rows / n
-            out = model(**sub)
+            out = _forward(model, sub)
             loss = self._loss(loss_fn, _logits(out).float(), labels[part], w) * share
             self._grads_touched = True
             with nullcontext() if part.stop >= n else acc.no_sync(model):
@@ -965,8 +984,11 @@ class Trainer:
             n = sizes[0] if sizes else 1
             try:
                 if chunks == 1:
-                    return _logits(model(**batch)).float()
-                parts = [_logits(model(**sub)).float() for _, sub in _row_slices(batch, n, chunks)]
+                    return _logits(_forward(model, batch)).float()
+                parts = [
+                    _logits(_forward(model, sub)).float()
+                    for _, sub in _row_slices(batch, n, chunks)
+                ]
                 return torch.cat(parts)
             except Exception as exc:
                 if not self._is_oom(exc):

@@ -276,8 +276,20 @@ def fit_model(run: TrainingRun, resume: Path | None) -> Outcome:
     )
     if is_main_process() and not run.ckpt.exists():
         raise UserError(f"no checkpoint was saved: val.{prep.monitor} was never finite")
+    train_metrics = _train_metrics(prep, result)
+    return Outcome(
+        run.folder,
+        run.ctx,
+        train_metrics,
+        result.best_value,
+        lambda: evaluate_test(run, train_metrics),
+    )
+
+
+def _train_metrics(prep: Prepared, result: Any) -> dict[str, Any]:
+    """``metrics.json`` before the test split: the best epoch and its validation metrics."""
     best_row = result.history[(result.best_epoch or 1) - 1]
-    train_metrics = {
+    return {
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "monitor": f"val.{prep.monitor}",
@@ -288,13 +300,6 @@ def fit_model(run: TrainingRun, resume: Path | None) -> Outcome:
         "train_seconds": result.seconds,
         "val": {k[4:]: v for k, v in best_row.items() if k.startswith("val.")},
     }
-    return Outcome(
-        run.folder,
-        run.ctx,
-        train_metrics,
-        result.best_value,
-        lambda: evaluate_test(run, train_metrics),
-    )
 
 
 def weighted(run: TrainingRun, train_set: Any) -> tuple[Any, Any]:

@@ -132,13 +132,23 @@ def read_label_column(
         [split_cell(v, separator, empty_set) for v in raw], index=frame.index, dtype=object
     )
     present = sets.dropna()
+    if empty_set is not None:  # the empty set's token must not also be a label
+        clash = [r for r, s in present.items() if empty_set in s]
+        if clash:
+            raise DataError(
+                f"{path}: row {int(clash[0])}: {short(str(raw[clash[0]]))} uses "
+                f"{short(empty_set)} (task.empty_set, the empty label set) as a label "
+                f"({len(clash)} rows in all); choose an empty_set that no cell uses as a label"
+            )
     cells = [str(v) for v in raw[sets.notna()]]
-    if cells and not any(separator in c for c in cells):
+    one_each = all(len(s) == 1 for s in present)  # rows with no label make it multi-label
+    if cells and one_each and not any(separator in c for c in cells):
         others = [s for s in _OTHER_SEPARATORS if s != separator and any(s in c for c in cells)]
         hint = (
             f"the cells look separated by {others[0]!r}: set task.separator: {others[0]!r}"
             if others
-            else "for one label per row use a single-label task (text-classification...)"
+            else "for one label per row use the modality's single-label task "
+            "(text-, image- or tabular-classification)"
         )
         raise DataError(
             f"{path}: no cell of the label column {column!r} holds the separator "
@@ -743,8 +753,13 @@ class MultiLabelClassification(Task):
 
         probs = torch.sigmoid(logits.float()).numpy()
         thresholds = self.thresholds
-        if thresholds is None or len(thresholds) != probs.shape[-1]:
+        if thresholds is None:  # before output_names()/load_artifacts(): the configured ones
             thresholds = self.default_thresholds(probs.shape[-1])
+        if len(thresholds) != probs.shape[-1]:
+            raise UserError(
+                f"{THRESHOLDS_FILE}: {len(thresholds)} thresholds for a model with "
+                f"{probs.shape[-1]} label outputs: the checkpoint's files do not belong together"
+            )
         return (probs >= thresholds).astype(np.int64), probs
 
     # -- after training, test, predict --------------------------------------------------------
@@ -831,14 +846,23 @@ class MultiLabelClassification(Task):
         sep = labels_record.get("separator", DEFAULT_SEPARATOR)
         if not isinstance(names, list) or not names or not isinstance(sep, str) or not sep:
             raise UserError(f"{source}: not a multi-label labels file (classes and separator)")
-        y_pred, y_score = self.predictions(logits)
-        if np.ndim(y_score) != 2 or y_score.shape[1] != len(names):
+        names = [str(n) for n in names]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise UserError(f"{source}: label {short(twice)} is named twice in classes")
+        if self.saved_names and list(self.saved_names) != names:
+            raise UserError(
+                f"{source}: labels {short(names)}, but the checkpoint's {THRESHOLDS_FILE} has "
+                f"thresholds for {short(list(self.saved_names))}: the run folder's files do not "
+                "belong together"
+            )
+        if np.ndim(logits) != 2 or logits.shape[1] != len(names):
             raise UserError(
                 f"{source}: {len(names)} labels, but the checkpoint predicts "
-                f"{np.shape(y_score)[-1]} label scores: the run folder's files do not belong "
+                f"{np.shape(logits)[-1]} label scores: the run folder's files do not belong "
                 "together"
             )
-        names = [str(n) for n in names]
+        y_pred, y_score = self.predictions(logits)
         out = pd.DataFrame({"prediction": join_labels(y_pred, names, sep)})
         for j, name in enumerate(names):
             out[f"prob_{name}"] = y_score[:, j]

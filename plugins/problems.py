@@ -22,7 +22,7 @@ import numpy as np
 
 from tuneforge.components import Metric, Task
 from tuneforge.data import TaskData, class_list
-from tuneforge.errors import DataError, UserError
+from tuneforge.errors import DataError, UserError, short
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -59,6 +59,13 @@ class SingleLabelClassification(Task):
         label ids unless ``data.classes`` declared them."""
         if data.classes is None:
             return data
+        known = data.frame[data.target].isin(data.classes)
+        if not known.all():  # a task that loads labels without checking them against classes
+            row = data.frame.index[~known][0]
+            raise DataError(
+                f"{data.source}: row {int(row)}: label {short(data.frame.loc[row, data.target])} "
+                f"is not one of the classes {short(data.classes)} ({int((~known).sum())} such rows)"
+            )
         left = data.frame[data.target].nunique()
         if left < 2:
             raise DataError(

@@ -325,6 +325,7 @@ def test_set_values_go_through_the_bounded_loader() -> None:
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = ROOT / "examples" / "plugins" / "tuneforge-example" / "src"
+BOW_PLUGIN = ROOT / "examples" / "plugins" / "tuneforge-bow" / "src"
 
 
 class EditorYAML(yaml.SafeLoader):
@@ -340,9 +341,10 @@ EditorYAML.add_implicit_resolver(
 
 @pytest.fixture(scope="module")
 def schema() -> dict:
-    """``tuneforge config schema``, with the example plugin the docs use loaded from its source."""
-    env = {"PYTHONPATH": str(EXAMPLE_PLUGIN)}
+    """``tuneforge config schema``, with the example plugins the docs use loaded from source."""
+    env = {"PYTHONPATH": f"{EXAMPLE_PLUGIN}:{BOW_PLUGIN}"}
     args = ("config", "schema", "--plugin", "tuneforge_example", "--disable-plugin", "example")
+    args += ("--plugin", "tuneforge_bow", "--disable-plugin", "bow")
     return json.loads(ok(run_cli(*args, env=env)))
 
 

@@ -295,3 +295,97 @@ def test_the_task_takes_the_long_form_and_checks_its_parameters(project) -> None
     assert err == "tuneforge: error: task.max_rows: unknown key"
     short = project.config(task="no-such-task")
     assert "task.name: " in one_line_error(run_cli("validate", str(short)))
+
+
+WRONG_FORWARD = """
+from pathlib import Path
+
+from tuneforge import hookimpl
+from tuneforge.components import ModelBuilder, StrictConfig
+
+
+class WrongKeys(ModelBuilder):
+    '''A model whose forward takes keys no text task's batch has.'''
+
+    class Config(StrictConfig):
+        checkpoint: str = ""  # the project's config names one; unused here
+
+    def checkpoint_path(self):
+        return None
+
+    def build(self, spec):
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.head = torch.nn.Linear(4, spec.n_outputs)
+
+            def forward(self, tokens):
+                return self.head(tokens.float())
+
+        return Net()
+
+    def save(self, model, folder):
+        Path(folder, "w.txt").write_text("-")
+
+    def load(self, folder):
+        raise AssertionError("never called")
+
+
+@hookimpl
+def register_models(register):
+    register("wrong-keys", WrongKeys)
+"""
+
+
+def test_a_forward_that_does_not_take_the_tasks_batch_is_a_one_line_plugin_error(
+    project, tiny_models
+) -> None:
+    (project.root / "wrong_keys.py").write_text(WRONG_FORWARD)
+    cfg = project.config(
+        plugins={"local": ["wrong_keys.py"]},
+        model={"name": "wrong-keys"},
+        tokenizer={"name": "hf-tokenizer", "checkpoint": str(tiny_models["bert"])},
+    )
+    err = one_line_error(run_cli("run", str(cfg)))
+    assert "the model's forward(tokens) does not take the task's batch" in err, err
+    assert "'attention_mask', 'input_ids'" in err and "Writing a model" in err
+    assert "internal error" not in err
+
+
+def test_a_label_outside_the_declared_classes_is_named_by_the_problem_base() -> None:
+    import pandas as pd
+
+    from tuneforge.config import DataConfig
+    from tuneforge.data import TaskData
+    from tuneforge.errors import DataError
+    from tuneforge.plugins.problems import SingleLabelClassification
+
+    class Bare(SingleLabelClassification):  # the problem base alone: after_validation is concrete
+        load = load_inputs = make_dataset = predict_dataset = collate_fn = None
+        build_model = save_artifacts = load_artifacts = None
+
+    frame = pd.DataFrame({"y": ["a", "b", "c", "a"]})
+    data = TaskData(frame, {}, "y", ["a", "b"], source="data.csv")
+    with pytest.raises(DataError, match=r"data.csv: row 2: label 'c' is not one of the classes"):
+        Bare().after_validation(data, DataConfig(path="data.csv", classes=["a", "b"]))
+
+
+def test_debug_is_taken_after_the_command_too(project) -> None:
+    proc = run_cli("validate", str(project.config()), "--debug")
+    assert "unrecognized arguments" not in proc.stderr and proc.returncode == 0, proc.stderr
+
+
+def test_a_run_refused_after_loading_leaves_no_folder_behind(project) -> None:
+    # Ten copies of two texts: duplicates stay together, so val and test would be empty. The
+    # error comes after the run's folder was made: it and the folders above it are removed.
+    rows = ["text,label"] + ["refund my card,billing"] * 10 + ["parcel is late,shipping"] * 10
+    (project.root / "few.csv").write_text("\n".join(rows) + "\n")
+    out = project.root / "deep" / "runs" / "run"
+    cfg = project.config(
+        data={"path": "few.csv"}, split={"group_duplicates": True}, output={"dir": str(out)}
+    )
+    err = one_line_error(run_cli("run", str(cfg)))
+    assert "split" in err and "empty" in err, err
+    assert not (project.root / "deep").exists()

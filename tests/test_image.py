@@ -606,3 +606,27 @@ def test_a_channels_last_model_saves_in_the_default_layout(tmp_path: Path) -> No
     ):
         assert torch.equal(a, b), name
     assert model.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_mixup_on_a_problem_without_classes_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    for i in range(6):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+    rows = [(f"img/{i}.png", float(i)) for i in range(6)]
+    pd.DataFrame(rows, columns=["path", "level"]).to_csv(tmp_path / "t.csv", index=False)
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        task="image-regression",
+        data={"path": "t.csv", "target": "level"},
+        augmenters=[{"name": "mixup"}],
+        trainer={"monitor": "rmse"},
+    )
+    err = one_line_error(run_cli("validate", str(cfg)))
+    assert err == (
+        "tuneforge: error: augmenters[0].name: 'mixup' supports classification problems; "
+        "task 'image-regression' is regression"
+    )

@@ -64,6 +64,17 @@ def test_empty_set_token_and_other_separator() -> None:
     assert pd.isna(sets[3])
 
 
+def test_rows_with_zero_or_one_label_are_multilabel_data() -> None:
+    # No cell holds the separator, but a third of the rows have no label: that is no
+    # single-label data set in disguise.
+    frame = pd.DataFrame({"labels": ["a", "b", "none", "a", "none", "b"]})
+    sets, names = ml.read_label_column(frame, "labels", "|", None, "d.csv", empty_set="none")
+    assert names == ["a", "b"] and sets.tolist() == [("a",), ("b",), (), ("a",), (), ("b",)]
+    frame = pd.DataFrame({"labels": ["a|b", "none|a"]})
+    with pytest.raises(DataError, match=r"row 1: 'none\|a' uses 'none' \(task.empty_set"):
+        ml.read_label_column(frame, "labels", "|", None, "d.csv", empty_set="none")
+
+
 def test_bad_label_cells_are_one_line_errors() -> None:
     frame = pd.DataFrame({"labels": ["a|b", "a|zzz", "b"]})
     with pytest.raises(DataError, match=r"row 1: label 'zzz' .* not in data.classes"):
@@ -670,6 +681,11 @@ BAD_INPUT = {
         "metrics[0].name: 'accuracy' supports classification problems; task 'text-multilabel' is "
         "multilabel; for multilabel use: hamming_loss, macro_f1, micro_f1, subset_accuracy",
     ),
+    "empty set token used as a label": (
+        {"name": "text-multilabel", "empty_set": "billing"},
+        {},
+        "row 1: 'billing|technical' uses 'billing' (task.empty_set, the empty label set) as a label",
+    ),
     "single-label balancer": (
         {"name": "text-multilabel"},
         {"balancer": "class-weights"},
@@ -781,3 +797,31 @@ def test_a_study_keeps_the_tuned_thresholds_of_its_best_trial(tmp_path: Path) ->
         saved["how"].startswith("tuned") and metrics["tuning"]["thresholds"] == saved["thresholds"]
     )
     assert [r["label"] for r in metrics["test_details"]["per_label"]] == list(saved["thresholds"])
+
+
+def test_predict_refuses_thresholds_and_labels_that_do_not_belong_together(tmp_path) -> None:
+    import torch
+
+    from tuneforge.plugins.tabular.multilabel import TabularMultiLabelTask
+
+    task = TabularMultiLabelTask()
+    logits = torch.zeros(2, 3)
+    source = tmp_path / "labels.json"
+    record = {"classes": ["a", "b", "c"], "separator": "|"}
+    task.saved_names, task.thresholds = ["a", "b", "c"], np.full(3, 0.5)
+    assert list(task.prediction_columns(logits, record, source).columns) == [
+        "prediction",
+        "prob_a",
+        "prob_b",
+        "prob_c",
+    ]
+    task.saved_names = ["a", "b", "z"]  # thresholds saved for other labels
+    with pytest.raises(UserError, match=r"has thresholds for \['a', 'b', 'z'\]"):
+        task.prediction_columns(logits, record, source)
+    task.saved_names = ["a", "a", "b"]
+    twice = {"classes": ["a", "a", "b"], "separator": "|"}
+    with pytest.raises(UserError, match=r"labels.json: label 'a' is named twice"):
+        task.prediction_columns(logits, twice, source)
+    task.saved_names, task.thresholds = ["a", "b"], np.full(2, 0.01)  # one threshold short
+    with pytest.raises(UserError, match="2 thresholds for a model with 3 label outputs"):
+        task.predictions(logits)

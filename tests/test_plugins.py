@@ -74,8 +74,8 @@ def test_broken_plugin_is_reported_and_others_keep_working(site: Path) -> None:
     assert infos["good"]["components"] == {"metrics": ["always-one"]}
     assert infos["text"]["components"]["tasks"] == [
         "text-classification",
-        "text-regression",
         "text-multilabel",
+        "text-regression",
     ]
 
 

@@ -315,6 +315,8 @@ class MixupCutmix(Augmenter):
     modalities: ClassVar[frozenset[str]] = frozenset({"image"})
     #: Applied by the collate function to whole training batches.
     batch_level: ClassVar[bool] = True
+    #: mixes one-hot class targets (soft cross-entropy): single-label classification only
+    problems: ClassVar[tuple[str, ...]] = ("classification",)
 
     class Config(StrictConfig):
         mixup_alpha: float = Field(0.8, ge=0, description="0 disables mixup")
