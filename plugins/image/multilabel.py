@@ -36,26 +36,10 @@ class ImageMultiLabelTask(MultiLabelClassification, ImageTask):
         if len(frame) == 0:
             raise DataError(f"{path}: no data rows")
         frame, target, labels = self.read_labels(frame, data_config, path)
-        return TaskData(
-            frame=frame,
-            inputs={"image": col},
-            target=target,
-            classes=labels,
-            source=str(path),
-            problem=self.problem,
-            modalities={"image": "image"},
-        )
+        return self.task_data(frame, col, target, labels, path)
 
     def defaults(self) -> dict[str, Any]:
         return {
-            "validators": [
-                "image-files",
-                "missing",
-                "duplicates",
-                "conflicting-labels",
-                "class-size",
-            ],
-            "tokenizer": {"name": "timm-transforms"},
-            "model": {"name": "timm"},
+            **self.classification_defaults(),
             "metrics": list(DEFAULT_METRICS),
         }

@@ -33,15 +33,7 @@ class ImageRegressionTask(RegressionTaskMixin, ImageTask):
             )
         frame, col = self._read(path, data_config, True)
         frame = parse_targets(frame, data_config.target, str(path))
-        return TaskData(
-            frame=frame,
-            inputs={"image": col},
-            target=data_config.target,
-            classes=None,
-            source=str(path),
-            problem=self.problem,
-            modalities={"image": "image"},
-        )
+        return self.task_data(frame, col, data_config.target, None, path)
 
     def defaults(self) -> dict[str, Any]:
         return {

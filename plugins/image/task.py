@@ -314,6 +314,35 @@ class ImageTask(Task):
         ]
         return frame, col
 
+    def task_data(
+        self, frame: pd.DataFrame, column: str, target: Any, classes: Any, path: Path
+    ) -> TaskData:
+        """The loaded data of an image task: ``column`` holds the image paths."""
+        return TaskData(
+            frame=frame,
+            inputs={"image": column},
+            target=target,
+            classes=classes,
+            source=str(path),
+            problem=self.problem,
+            modalities={"image": "image"},
+        )
+
+    def classification_defaults(self) -> dict[str, Any]:
+        """The validators, preprocessing and model the classification tasks of this modality
+        (single- and multi-label) use when the config names none."""
+        return {
+            "validators": [
+                "image-files",
+                "missing",
+                "duplicates",
+                "conflicting-labels",
+                "class-size",
+            ],
+            "tokenizer": {"name": "timm-transforms"},
+            "model": {"name": "timm"},
+        }
+
     def load_inputs(self, path: Path, data_config: Any) -> pd.DataFrame:
         """Images to predict on: a folder (all files, recursively), one image, or a table."""
         frame, col = self._read(path, data_config, False)
@@ -530,27 +559,11 @@ class ImageClassificationTask(SingleLabelClassification, ImageTask):
         if len(frame) == 0:
             raise DataError(f"{path}: no data rows")
         classes = resolve_classes(frame, label, data_config.classes, path)
-        return TaskData(
-            frame=frame,
-            inputs={"image": col},
-            target=label,
-            classes=classes,
-            source=str(path),
-            problem=self.problem,
-            modalities={"image": "image"},
-        )
+        return self.task_data(frame, col, label, classes, path)
 
     def defaults(self) -> dict[str, Any]:
         return {
-            "validators": [
-                "image-files",
-                "missing",
-                "duplicates",
-                "conflicting-labels",
-                "class-size",
-            ],
-            "tokenizer": {"name": "timm-transforms"},
-            "model": {"name": "timm"},
+            **self.classification_defaults(),
             "metrics": ["accuracy", "top5_accuracy", "balanced_accuracy", "f1_macro"],
         }
 

@@ -28,28 +28,10 @@ class TextMultiLabelTask(MultiLabelClassification, TextTask):
         if len(frame) == 0:
             raise DataError(f"{path}: the file has no data rows")
         frame, target, labels = self.read_labels(frame, data_config, path)
-        return TaskData(
-            frame=frame,
-            inputs=columns,
-            target=target,
-            classes=labels,
-            source=str(path),
-            problem=self.problem,
-            modalities={r: self.roles[r] for r in columns},
-        )
+        return self.task_data(frame, columns, target, labels, path)
 
     def defaults(self) -> dict[str, Any]:
         return {
-            "validators": [
-                "schema",
-                "missing",
-                "empty-text",
-                "long-text",
-                "duplicates",
-                "conflicting-labels",
-                "class-size",
-            ],
-            "tokenizer": {"name": "hf-tokenizer"},
-            "model": {"name": "hf-sequence-classification"},
+            **self.classification_defaults(),
             "metrics": list(DEFAULT_METRICS),
         }

@@ -41,15 +41,7 @@ class TextRegressionTask(RegressionTaskMixin, TextTask):
         if len(frame) == 0:
             raise DataError(f"{path}: the file has no data rows")
         frame = parse_targets(frame, data_config.target, str(path))
-        return TaskData(
-            frame=frame,
-            inputs=columns,
-            target=data_config.target,
-            classes=None,
-            source=str(path),
-            problem=self.problem,
-            modalities={r: self.roles[r] for r in columns},
-        )
+        return self.task_data(frame, columns, data_config.target, None, path)
 
     def defaults(self) -> dict[str, Any]:
         return {

@@ -138,6 +138,37 @@ class TextTask(Task):
         """The model's outputs, in order (the problem kind's classes, labels or targets)."""
         raise NotImplementedError(f"{type(self).__name__} composes no problem kind")
 
+    def task_data(
+        self, frame: pd.DataFrame, columns: dict[str, str], target: Any, classes: Any, path: Path
+    ) -> TaskData:
+        """The loaded data of a text task: ``columns`` are the input roles' columns."""
+        return TaskData(
+            frame=frame,
+            inputs=columns,
+            target=target,
+            classes=classes,
+            source=str(path),
+            problem=self.problem,
+            modalities={r: self.roles[r] for r in columns},
+        )
+
+    def classification_defaults(self) -> dict[str, Any]:
+        """The validators, preprocessing and model the classification tasks of this modality
+        (single- and multi-label) use when the config names none."""
+        return {
+            "validators": [
+                "schema",
+                "missing",
+                "empty-text",
+                "long-text",
+                "duplicates",
+                "conflicting-labels",
+                "class-size",
+            ],
+            "tokenizer": {"name": "hf-tokenizer"},
+            "model": {"name": "hf-sequence-classification"},
+        }
+
     @staticmethod
     def _path(data_config: Any, base_dir: Path) -> Path:
         path = Path(data_config.path)
@@ -286,28 +317,10 @@ class TextClassificationTask(SingleLabelClassification, TextTask):
         if len(frame) == 0:
             raise DataError(f"{path}: the file has no data rows")
         classes = resolve_classes(frame, label, data_config.classes, path)
-        return TaskData(
-            frame=frame,
-            inputs=columns,
-            target=label,
-            classes=classes,
-            source=str(path),
-            problem=self.problem,
-            modalities={r: self.roles[r] for r in columns},
-        )
+        return self.task_data(frame, columns, label, classes, path)
 
     def defaults(self) -> dict[str, Any]:
         return {
-            "validators": [
-                "schema",
-                "missing",
-                "empty-text",
-                "long-text",
-                "duplicates",
-                "conflicting-labels",
-                "class-size",
-            ],
-            "tokenizer": {"name": "hf-tokenizer"},
-            "model": {"name": "hf-sequence-classification"},
+            **self.classification_defaults(),
             "metrics": ["accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"],
         }
