@@ -41,9 +41,11 @@ def label_strings(data: TaskData) -> pd.Series:
 
 
 def content_keys(data: TaskData, task: Any) -> pd.Series:
-    """The task's duplicate key when it has one, else the raw input columns joined."""
-    if task is not None and hasattr(task, "content_keys"):
-        return task.content_keys(data)
+    """The task's duplicate key when it defines one (:meth:`Task.content_keys`), else the raw
+    input columns joined."""
+    keys = task.content_keys(data) if task is not None else None
+    if keys is not None:
+        return keys
     cols = list(data.inputs.values())
     return data.frame[cols].astype(str).agg("\x1f".join, axis=1)
 

@@ -389,3 +389,22 @@ def test_a_run_refused_after_loading_leaves_no_folder_behind(project) -> None:
     err = one_line_error(run_cli("run", str(cfg)))
     assert "split" in err and "empty" in err, err
     assert not (project.root / "deep").exists()
+
+
+def test_the_duplicates_validator_works_for_a_task_without_content_keys() -> None:
+    import pandas as pd
+
+    from tuneforge.data import TaskData
+    from tuneforge.plugins.problems import SingleLabelClassification
+    from tuneforge.plugins.validators import ConflictingLabels, Duplicates
+
+    class Bare(SingleLabelClassification):  # Task.content_keys' default: None
+        load = load_inputs = make_dataset = predict_dataset = collate_fn = None
+        build_model = save_artifacts = load_artifacts = None
+
+    frame = pd.DataFrame({"k": ["x", "x", "y", "y"], "y": ["a", "a", "b", "a"]})
+    data = TaskData(frame, {"kw": "k"}, "y", ["a", "b"])
+    (dup,) = Duplicates().check(data, Bare())
+    assert dup.rows == [0, 1]  # the raw input columns are the key
+    (conflict,) = ConflictingLabels().check(data, Bare())
+    assert conflict.rows == [2, 3]
