@@ -465,6 +465,21 @@ class Task(Component, abc.ABC):
         naming the key or the file and row for bad input.
         """
 
+    def load_labelled(
+        self, data_config: Any, base_dir: Path, path: Path, labels_record: dict[str, Any]
+    ) -> TaskData:
+        """Read a labelled file other than ``data.path`` exactly like the training data, with
+        its labels in the training data's terms: a given validation or test file
+        (``data.val_path``, ``data.test_path``) or ``tuneforge evaluate --input``.
+
+        ``labels_record`` is what :meth:`labels_record` returned for the training data (a run
+        folder's ``labels.json``): a classification task reads the file's labels as the same
+        class ids, so a file holding only some of the classes is read correctly, and a label
+        the training data lacks is a :class:`~tuneforge.errors.DataError` naming the file and
+        row. By default :meth:`load` with ``data_config.path`` set to ``path``.
+        """
+        return self.load(data_config.model_copy(update={"path": Path(path)}), base_dir)
+
     @abc.abstractmethod
     def load_inputs(self, path: Path, data_config: Any) -> pd.DataFrame:
         """Read a file to predict on (``tuneforge predict --input``): the training run's input

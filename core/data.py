@@ -387,3 +387,41 @@ class WeightedExamples:
             return batch
 
         return collate
+
+
+def concat_task_data(parts: dict[str, TaskData]) -> tuple[TaskData, pd.Series]:
+    """One :class:`TaskData` from several read by the same task (a training file and its given
+    validation and test files): the frames one after another, renumbered so that each row has
+    its own index (the first part keeps its row numbers; each next part's rows follow the
+    previous part's last), plus the name of the part each row came from (a Series indexed like
+    the merged frame). The first part's roles, classes and problem are the merged data's; the
+    other parts must have the same inputs and target (they are read with the first part's
+    classes, :meth:`tuneforge.components.Task.load_labelled`).
+    """
+    names = list(parts)
+    first = parts[names[0]]
+    frames, origin = [], []
+    start = 0
+    for name in names:
+        part = parts[name]
+        if part.inputs != first.inputs or part.target != first.target:
+            raise DataError(
+                f"{part.source}: its inputs {part.inputs} / target {part.target!r} differ from "
+                f"{first.source}'s ({first.inputs} / {first.target!r})"
+            )
+        frame = part.frame.copy()
+        offset = start if name != names[0] else 0
+        frame.index = pd.RangeIndex(len(frame)) + offset if name != names[0] else frame.index
+        start = max(start, int(frame.index.max()) + 1 if len(frame) else start)
+        frames.append(frame)
+        origin.append(pd.Series(name, index=frame.index, dtype=object))
+    merged = TaskData(
+        frame=pd.concat(frames),
+        inputs=first.inputs,
+        target=first.target,
+        classes=first.classes,
+        source=first.source,
+        problem=first.problem,
+        modalities=first.modalities,
+    )
+    return merged, pd.concat(origin)

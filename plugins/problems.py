@@ -90,6 +90,18 @@ class SingleLabelClassification(Task):
         """``{"classes": [...]}``: the class of each output, in order."""
         return {"classes": data.classes}
 
+    def load_labelled(
+        self, data_config: Any, base_dir: Path, path: Path, labels_record: dict[str, Any]
+    ) -> TaskData:
+        """:meth:`load` of ``path`` with the training data's classes as ``data.classes``: the
+        same label ids, and a label the training data does not have is an error naming the
+        file and row."""
+        classes = labels_record.get("classes")
+        update: dict[str, Any] = {"path": Path(path)}
+        if classes:
+            update["classes"] = list(classes)
+        return self.load(data_config.model_copy(update=update), base_dir)
+
     def loss_fn(self, class_weights: np.ndarray | None, focal_gamma: float | None = None) -> Any:
         """Cross-entropy with optional class weights, or the focal loss."""
         from tuneforge.plugins.losses import classification_loss
