@@ -1,8 +1,10 @@
 """Refinement: read a finished run, let the advisors diagnose it, patch its config, run again.
 
 ``tuneforge refine RUN`` prints the diagnoses and the merged patch; ``--apply`` runs the patched
-config as the next round, and ``--rounds N`` repeats until no advisor fires or the validation
-metric stops improving. The advisors themselves are plugins (``register_advisors``).
+config as the next round, and ``--rounds N`` repeats until no advisor fires or a round is not
+measurably better than the one before (:func:`tuneforge.compare.compare_rounds`: a paired
+bootstrap on the common validation rows, or a Welch interval over seeds/folds). The advisors
+themselves are plugins (``register_advisors``).
 """
 
 from __future__ import annotations
@@ -111,18 +113,11 @@ def load_record(run_dir: Path) -> RunRecord:
     findings = _read_json(run_dir / "findings.json").get("findings", [])
     split = _read_json(run_dir / "split.json")
     labels = _read_json(run_dir / "labels.json")
-    records, _warnings = read_history(run_dir)
-    by_epoch: dict[int, dict[str, float]] = {}
-    steps: dict[int, dict[str, float]] = {}
-    for r in records:
-        value = r.get("value")
-        if not isinstance(value, int | float):
-            continue
-        key = f"{r.get('split') or 'train'}.{r['name']}" if r["name"] != "lr" else "lr"
-        if r.get("epoch") is not None:
-            by_epoch.setdefault(int(r["epoch"]), {})[key] = float(value)
-        elif r.get("step") is not None:
-            steps.setdefault(int(r["step"]), {"step": float(r["step"])})[key] = float(value)
+    from tuneforge.predict import read_members
+
+    members = read_members(run_dir)  # a repeated run: its members' mean learning curves
+    curves = [_history(m, read_history) for m in members or [run_dir]]
+    by_epoch, steps = _mean_curves([c[0] for c in curves]), _mean_curves([c[1] for c in curves])
     epochs = [{"epoch": float(e), **by_epoch[e]} for e in sorted(by_epoch)]
     return RunRecord(
         path=run_dir,
@@ -136,6 +131,38 @@ def load_record(run_dir: Path) -> RunRecord:
         epochs=epochs,
         steps=[steps[s] for s in sorted(steps)],
     )
+
+
+def _history(
+    run_dir: Path, read_history: Any
+) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
+    """A run's ``history.jsonl`` as per-epoch and per-step rows (``{"val.loss": ...}``)."""
+    records, _warnings = read_history(run_dir)
+    by_epoch: dict[int, dict[str, float]] = {}
+    steps: dict[int, dict[str, float]] = {}
+    for r in records:
+        value = r.get("value")
+        if not isinstance(value, int | float):
+            continue
+        key = f"{r.get('split') or 'train'}.{r['name']}" if r["name"] != "lr" else "lr"
+        if r.get("epoch") is not None:
+            by_epoch.setdefault(int(r["epoch"]), {})[key] = float(value)
+        elif r.get("step") is not None:
+            steps.setdefault(int(r["step"]), {"step": float(r["step"])})[key] = float(value)
+    return by_epoch, steps
+
+
+def _mean_curves(curves: list[dict[int, dict[str, float]]]) -> dict[int, dict[str, float]]:
+    """Per epoch (or step) and key, the mean over the runs that have it: one run's curve as
+    it is; a repeated run's members (seeds, folds) averaged, as the advisors should see it."""
+    if len(curves) == 1:
+        return curves[0]
+    sums: dict[int, dict[str, list[float]]] = {}
+    for curve in curves:
+        for t, row in curve.items():
+            for key, value in row.items():
+                sums.setdefault(t, {}).setdefault(key, []).append(value)
+    return {t: {k: sum(v) / len(v) for k, v in row.items()} for t, row in sums.items()}
 
 
 def describe_components(record: RunRecord, pm: Any) -> None:
@@ -253,13 +280,17 @@ def refine(
 ) -> list[dict[str, Any]]:
     """Diagnose ``run_dir``; with ``apply``, run up to ``rounds`` patched rounds.
 
-    Returns the comparison table (one row per round). Stops when no advisor proposes a change
-    or when a round's validation metric is not better than the previous round's.
+    Returns the comparison table (one row per round, with the verdict of each round against
+    the one before, its difference and 95% interval). Stops when no advisor proposes a change
+    or when a round is not measurably better than the previous one
+    (:func:`tuneforge.compare.compare_rounds`); the last ``better`` round is the one to keep.
     """
     import pandas as pd
 
+    from tuneforge.compare import BETTER, NOT_MEASURED, compare_rounds
     from tuneforge.manager import make_plugin_manager
     from tuneforge.run import atomic_write_text
+    from tuneforge.trainer import improved
     from tuneforge.training import run
 
     record = load_record(run_dir)
@@ -267,18 +298,25 @@ def refine(
     pm = make_plugin_manager(cfg_for_plugins, record.path, disable, local)
     table: list[dict[str, Any]] = []
 
-    def row(rec: RunRecord, round_no: int, changes: str) -> dict[str, Any]:
+    def row(rec: RunRecord, round_no: int, changes: str, cmp: Any = None) -> dict[str, Any]:
         test = rec.metrics.get("test") or {}
         name = rec.monitor.removeprefix("val.")
+        ci = cmp.ci95 if cmp is not None else None
         return {
             "round": round_no,
             "run": str(rec.path),
             rec.monitor: rec.best_val(),
             f"test.{name}": test.get(name),
             "changes": changes or "-",
+            # this round against the one before (round 1: nothing to compare)
+            "verdict": cmp.verdict if cmp is not None else "-",
+            "diff": cmp.diff if cmp is not None else None,
+            "ci95_lo": ci[0] if ci is not None else None,
+            "ci95_hi": ci[1] if ci is not None else None,
         }
 
     table.append(row(record, 1, ""))
+    keep, keep_round = record.path, 1  # the last round that was better than the one before
     for round_no in range(2, rounds + 2):
         describe_components(record, pm)
         found = sorted(diagnose(record, pm), key=lambda d: _SEVERITY_ORDER.get(d.severity, 3))
@@ -291,6 +329,8 @@ def refine(
         for d in found:
             log.result(f"  [{d.severity}] {d.kind} ({d.advisor}): {d.evidence}")
         patch, reasons = merge_patches(found)
+        # a proposal equal to what the run had (a value at its cap) changes nothing
+        patch = {k: v for k, v in patch.items() if _current(record.config, k) != v}
         if not patch:
             log.result("  the advisors propose no config change")
             break
@@ -306,8 +346,16 @@ def refine(
         log.result(f"round {round_no}: training {out_dir}")
         final = run(cfg, record.path, pm, log)
         new = load_record(final)
+        cmp = compare_rounds(record, new, record.monitor, record.mode, disable=disable, local=local)
+        log.result(cmp.line(round_no, round_no - 1))
+        if cmp.verdict == NOT_MEASURED:  # older run folders: the bare difference decides
+            go_on = improved(new.best_val(), record.best_val(), record.mode)
+        else:
+            go_on = cmp.verdict == BETTER
+        if go_on:
+            keep, keep_round = final, round_no
         changes = ", ".join(f"{k}={_show(v)}" for k, v in patch.items())
-        table.append(row(new, round_no, changes))
+        table.append(row(new, round_no, changes, cmp))
         atomic_write_text(
             final / "refine.json",
             json.dumps(
@@ -316,6 +364,8 @@ def refine(
                     "previous": str(record.path),
                     "diagnoses": [d.as_dict() for d in found],
                     "patch": patch,
+                    "comparison": cmp.as_dict(),
+                    "keep": str(keep),
                 },
                 indent=2,
                 default=str,
@@ -323,14 +373,16 @@ def refine(
             + "\n",
         )
         atomic_write_text(final / "refine.csv", pd.DataFrame(table).to_csv(index=False))
-        from tuneforge.trainer import improved
-
-        better = improved(new.best_val(), record.best_val(), new.mode)
         record = new
-        if not better:
-            log.result(f"{record.monitor} did not improve in round {round_no}: stopping")
+        if not go_on:
+            if cmp.verdict == NOT_MEASURED:
+                why = "it is not higher" if record.mode == "max" else "it is not lower"
+                log.result(f"round {round_no} is not kept ({why}, unmeasured): stopping")
+            else:
+                log.result(f"round {round_no}: {cmp.verdict}, not better: stopping")
             break
     if len(table) > 1:
         log.result("rounds:")
         log.result(pd.DataFrame(table).to_string(index=False))
+        log.result(f"the round to keep: round {keep_round} ({keep})")
     return table

@@ -15,7 +15,7 @@ from tuneforge.console import Console
 from tuneforge.errors import UserError
 from tuneforge.registry import RegistryError
 
-BUILTIN_COMMANDS = ("run", "validate", "predict", "plugins", "components", "config")
+BUILTIN_COMMANDS = ("run", "validate", "predict", "evaluate", "plugins", "components", "config")
 
 
 def _say(msg: str) -> None:
@@ -92,6 +92,14 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
         help="override a config key, e.g. --set trainer.lr=1e-4 (repeatable)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="repeat the run with trainer seeds 0..N-1 on the same split (trainer.seeds): "
+        "mean, std and 95%% interval of every metric",
+    )
     _add_verbosity_args(p)
     _add_plugin_args(p)
 
@@ -136,6 +144,26 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
         default=None,
         help="where to write predictions (default RUN/predictions/<input>.csv)",
     )
+    _add_plugin_args(p)
+
+    p = sub.add_parser(
+        "evaluate", help="score a completed run's model on a labelled file (every metric)"
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN")
+    p.add_argument(
+        "--input",
+        "-i",
+        type=Path,
+        required=True,
+        help="CSV/TSV/JSONL/Parquet with the input columns and the label (target) column",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="the evaluation's name: results go to RUN/evaluations/NAME/ (default: the input "
+        "file's stem); an earlier evaluation of that name is replaced",
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     _add_plugin_args(p)
 
     p = sub.add_parser("plugins", help="list installed plugins, their hooks and components")
@@ -183,10 +211,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tuneforge.training import run
 
     if args.resume is not None:
-        if args.config is not None or args.overrides or args.overwrite:
+        if args.config is not None or args.overrides or args.overwrite or args.seeds:
             raise UserError(
                 "--resume continues a run with the config it started with: give no CONFIG, "
-                "--set or --overwrite"
+                "--set, --seeds or --overwrite"
             )
         resume_run(
             args.resume, _console(args), args.disable_plugin, args.plugin, args.strict_plugins
@@ -194,6 +222,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.config is None:
         raise UserError("run: give a CONFIG file (or --resume RUN to continue a killed run)")
+    if args.seeds is not None:  # trainer.seeds [0..N-1], after any --set
+        from tuneforge.config import MAX_REPEATS
+
+        if not 1 <= args.seeds <= MAX_REPEATS:
+            raise UserError(f"--seeds: give a number from 1 to {MAX_REPEATS}, not {args.seeds}")
+        args.overrides.append(f"trainer.seeds={list(range(args.seeds))}")
     cfg, base, raw, overrides = _load(args)
     pm = _manager(args, cfg, base)
     run(cfg, base, pm, _console(args), overwrite=args.overwrite, raw=raw, overrides=overrides)
@@ -213,7 +247,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     pm = _manager(args, cfg, base)
     prep = prepare(cfg, base, pm)
     data = run_validators(prep)
-    split = split_data(prep, data)
+    folds = []
+    for j in range(cfg.split.folds or 0):  # cross-validation: each member's split, as run makes it
+        prep.fold = (j, cfg.split.folds)
+        folds.append(split_data(prep, data))
+    split = folds[0] if folds else split_data(prep, data)
     prep.findings.append(leakage_check(prep, data, split))
     report = {
         "source": data.source,
@@ -222,6 +260,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "findings": [f.as_dict() for f in prep.findings],
         "split": split.sizes(),
         "split_notes": split.notes,
+        "split_given": split.given,
+        "folds": [f.sizes() for f in folds] or None,
         "class_counts": {
             s: prep.task.label_counts(data, getattr(split, s)) for s in ("train", "val", "test")
         },
@@ -240,7 +280,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _say(f"  [{f.severity}] {f.validator}: {f.message} -> {f.action}")
     if not prep.findings:
         _say("  no findings")
-    _say(f"split: {split.sizes()}")
+    if folds:
+        _say(f"cross-validation: {len(folds)} folds (fold k's rows are member fold-k's test split)")
+        for j, f in enumerate(folds):
+            _say(f"  fold-{j + 1}: {f.sizes()}")
+        _say("split of fold-1:")
+    _say(f"split{' (given)' if split.given else ''}: {split.sizes()}")
     for note in split.notes:
         _say(f"  {note}")
     for s, counts in report["class_counts"].items():
@@ -258,6 +303,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # A FIFO or a device is refused before it is opened (the task decides about folders).
     check_data_path(args.input, "input file", folder_ok=True)
     predict(args.run_dir, args.input, args.output, Console(), args.disable_plugin, args.plugin)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tuneforge.data import check_data_path
+    from tuneforge.evaluate import evaluate, summary_lines
+    from tuneforge.run import to_json
+
+    check_data_path(args.input, "input file", folder_ok=True)
+    # With --json, stdout holds the JSON alone: progress lines go to stderr.
+    log = Console("quiet", stream=sys.stderr) if args.json else Console()
+    results = evaluate(args.run_dir, args.input, args.name, log, args.disable_plugin, args.plugin)
+    if args.json:
+        sys.stdout.write(to_json(results))
+        return 0
+    for line in summary_lines(results):
+        _say(line)
+    _say(f"saved in {Path(args.run_dir) / 'evaluations' / results['name']}")
     return 0
 
 
@@ -324,6 +387,7 @@ HANDLERS = {
     "run": cmd_run,
     "validate": cmd_validate,
     "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
     "plugins": cmd_plugins,
     "components": cmd_components,
     "config": cmd_config,

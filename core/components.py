@@ -80,6 +80,8 @@ class FindingKind(StrEnum):
     LABEL_ISSUE = "label-issue"
     #: the same example in two splits (the split's own check)
     LEAKAGE = "leakage"
+    #: a validator that could not check a given validation or test split (too few rows...)
+    NOT_CHECKED = "not-checked"
     # modality checks
     LONG_TEXT = "long-text"
     IMAGE_MODES = "image-modes"
@@ -109,7 +111,9 @@ class Finding:
     applied unless the policy is ``fail``. ``weights`` maps rows to a loss weight in [0, 1]
     (the label-noise validator's self-confidence); under the ``down-weight`` policy the
     training loss of each of those rows is multiplied by its weight. ``details`` holds
-    anything else worth reporting.
+    anything else worth reporting. ``split`` names the given split (``data.val_path``,
+    ``data.test_path``, ``split.column``) the finding is about; empty when the data was one
+    part.
     """
 
     kind: str
@@ -122,6 +126,7 @@ class Finding:
     validator: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     weights: dict[int, float] | None = None
+    split: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -136,6 +141,8 @@ class Finding:
         }
         if self.weights:
             out["weights"] = {int(r): float(w) for r, w in self.weights.items()}
+        if self.split:
+            out["split"] = self.split
         return out
 
 
@@ -478,7 +485,16 @@ class Task(Component, abc.ABC):
         the training data lacks is a :class:`~tuneforge.errors.DataError` naming the file and
         row. By default :meth:`load` with ``data_config.path`` set to ``path``.
         """
+        from pathlib import Path  # only a type name at module level
+
         return self.load(data_config.model_copy(update={"path": Path(path)}), base_dir)
+
+    def reserve_columns(self, columns: list[str]) -> None:
+        """Columns of the data files that core reads itself (``split.column``): they must never
+        become a model input. Core calls it before :meth:`load`, and refuses a run whose loaded
+        inputs (``TaskData.inputs``) still name one of them. A task whose inputs are only the
+        columns the config names needs nothing (the default); a task that takes every column
+        by default (tabular) leaves these out."""
 
     @abc.abstractmethod
     def load_inputs(self, path: Path, data_config: Any) -> pd.DataFrame:
@@ -618,8 +634,11 @@ class Task(Component, abc.ABC):
     def baselines(
         self, data: TaskData, split: Split, metrics: dict[str, Metric]
     ) -> dict[str, float]:
-        """Reference models' test scores on the same split (``majority_baseline_accuracy``,
-        ``mean_baseline_rmse``...), added to the test metrics. By default none."""
+        """Reference models' test scores on the same split, added to the test metrics. A key
+        holds ``baseline`` and ends in ``_<metric name>`` (``majority_baseline_accuracy``,
+        ``baseline_ridge_rmse``): a reference model that beats the trained model on the run's
+        headline metric is named in ``metrics.json`` ``recommendations`` and the report.
+        By default none."""
         return {}
 
     def test_details(
@@ -637,6 +656,18 @@ class Task(Component, abc.ABC):
         """``predictions_test.csv``: one row per example of ``rows`` (a first column ``row``,
         the data row), then true and predicted targets and scores, from the model's ``logits``
         and the dataset's ``labels`` (CPU tensors)."""
+
+    def ensemble_outputs(self, outputs: list[Any], folders: list[Path]) -> Any:
+        """One output tensor for an ensemble (a cross-validation or repeated-seed run's
+        members): ``outputs[i]`` are the logits (CPU tensors, same rows) of the checkpoint in
+        ``folders[i]``, each computed just after :meth:`load_artifacts` of that folder; the
+        last folder is the one loaded now. Returns logits that :meth:`predictions` and the
+        other output methods read with the current (last-loaded) state. By default the mean
+        of the members' logits; a task whose outputs depend on a checkpoint's own state (a
+        target scaler) averages them in state-independent units."""
+        import torch
+
+        return torch.stack([o.float() for o in outputs]).mean(dim=0)
 
     @abc.abstractmethod
     def prediction_columns(

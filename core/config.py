@@ -12,7 +12,7 @@ import os
 import re
 import select
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 import yaml.composer
@@ -51,6 +51,10 @@ MAX_ACCUMULATION_STEPS = 65_536
 MAX_STEPS = 10**9
 MAX_WORKERS = 1024
 MAX_SEED = 2**32 - 1  # numpy's RandomState and scikit-learn's random_state accept no more
+MAX_FOLDS = 100  # split.folds
+MAX_REPEATS = 100  # trainer.seeds, --seeds
+#: split.values' default: each split's name is its value in split.column.
+SPLIT_VALUES: dict[str, str | int] = {"train": "train", "val": "val", "test": "test"}
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -147,6 +151,16 @@ class ComponentRef(BaseModel):
 
 class DataConfig(Strict):
     path: Path = Field(description="data file, relative to the config file")
+    val_path: Path | None = Field(
+        None,
+        description="a given validation file, read like data.path (relative to the config "
+        "file); null: carved from the training data",
+    )
+    test_path: Path | None = Field(
+        None,
+        description="a given test file (e.g. an official test set), read like data.path and "
+        "scored as given; null: carved from the training data",
+    )
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
     columns: dict[str, str] = Field(
         default_factory=dict, description="input role -> column name, e.g. {text: sentence}"
@@ -160,6 +174,13 @@ class DataConfig(Strict):
         default_factory=dict, description="extra keyword arguments for the pandas reader"
     )
 
+    @field_validator("path", "val_path", "test_path", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("an empty path; name a file (or null for none)")
+        return value
+
 
 class SplitConfig(Strict):
     train: float = Field(0.70, gt=0, lt=1)
@@ -170,6 +191,48 @@ class SplitConfig(Strict):
     group_duplicates: bool = Field(
         True, description="keep exact duplicates (same content key) inside one split"
     )
+    folds: int | None = Field(
+        None,
+        ge=2,
+        le=MAX_FOLDS,
+        strict=True,
+        description="cross-validation: K fold runs, each testing on one fold (stratified, "
+        "grouped by duplicates, seeded); val is carved from the other folds with the "
+        "val / (train + val) share; null: one train/val/test split",
+    )
+    column: str | None = Field(
+        None,
+        min_length=1,
+        description="a column of data.path holding each row's split (given splits); never a "
+        "model input",
+    )
+    values: dict[str, str | int] = Field(
+        default_factory=lambda: dict(SPLIT_VALUES),
+        description="split -> its value in split.column (default train: train, val: val, "
+        "test: test; splits left out keep their own name)",
+    )
+
+    @field_validator("values")
+    @classmethod
+    def _split_values(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        unknown = [k for k in value if k not in SPLIT_VALUES]
+        if unknown:
+            raise ValueError(
+                f"unknown split {short(unknown[0])}; the splits are {', '.join(SPLIT_VALUES)}"
+            )
+        full = {**SPLIT_VALUES, **value}
+        seen: dict[str, str] = {}
+        for name, v in full.items():
+            if str(v) in seen:
+                raise ValueError(f"{seen[str(v)]} and {name} both map to {short(v)}")
+            seen[str(v)] = name
+        return full
+
+    @model_validator(mode="after")
+    def _values_need_column(self) -> SplitConfig:
+        if self.column is None and self.values != SPLIT_VALUES:
+            raise ValueError("split.values needs split.column (the column holding the values)")
+        return self
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -226,6 +289,14 @@ class TrainerConfig(Strict):
     )
     log_every_n_steps: int = Field(10, ge=1, le=MAX_STEPS, strict=True)
     seed: int = Field(42, ge=0, le=MAX_SEED, strict=True)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_REPEATS,
+        description="repeated seeds: one run per trainer seed on the same split, reported as "
+        "mean, std and 95% interval (a tuner: each trial's objective is the mean); replaces "
+        "seed; null: one run with seed",
+    )
     deterministic: bool = Field(
         False,
         description="reproducible runs: deterministic torch algorithms and cuDNN, fixed cuBLAS "
@@ -259,6 +330,13 @@ class TrainerConfig(Strict):
         description="on out-of-memory, halve the micro-batch and accumulate to keep the "
         "effective batch; null: on CUDA only",
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {short(value, 80)}")
+        return value
 
     @field_validator("num_workers", mode="before")
     @classmethod

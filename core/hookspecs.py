@@ -194,6 +194,19 @@ def on_run_end(run: RunContext, metrics: dict[str, float], status: str) -> None:
 
 
 @hookspec
+def on_evaluation_end(run_dir: Path, name: str, results: dict[str, Any]) -> None:
+    """Called by ``tuneforge evaluate`` once an evaluation is saved in a completed run folder
+    (``RUN/evaluations/NAME/``), e.g. to show it in the run's report.
+
+    :param run_dir: the run folder.
+    :param name: the evaluation's name (its folder under ``evaluations/``).
+    :param results: what its ``metrics.json`` holds: the metrics (keys as in the run's
+        ``metrics.json`` ``test`` section) and ``name``, ``input``, ``rows``, ``details``,
+        ``notes``.
+    """
+
+
+@hookspec
 def on_study_end(
     study_dir: Path, trials: list[Trial], space: dict[str, Any], monitor: str, direction: str
 ) -> None:

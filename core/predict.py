@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tuneforge.components import ModelBuilder, Preprocessor, Task
 from tuneforge.config import RunConfig, build_config
-from tuneforge.errors import ConfigError, DataError, UserError
-from tuneforge.manager import make_plugin_manager
+from tuneforge.errors import ConfigError, DataError, UserError, short
+from tuneforge.manager import PluginManager, make_plugin_manager
 from tuneforge.prepare import Log, build_component, make_component
 
 
@@ -29,9 +30,8 @@ def predict(
     output is checked before any work and written atomically.
     """
     from tuneforge.data import check_output_file, write_table
-    from tuneforge.trainer import Trainer
 
-    ckpt = best_checkpoint(run_dir)
+    best_checkpoint(run_dir)  # refuse a run without one (or warn) before any work
     if output is None:
         output = run_dir / "predictions" / f"{input_path.stem}.csv"
     check_output_file(output, "--output", source=input_path)  # before the model is loaded
@@ -41,10 +41,9 @@ def predict(
     frame = task.load_inputs(input_path, cfg.data)
     if len(frame) == 0:
         raise DataError(f"{input_path}: no data rows to predict on (only a header?)")
-    trainer = Trainer(cfg.trainer.model_copy(), console=log)
-    model = trainer.prepare_model(task.load_artifacts(ckpt))
-    dataset = task.predict_dataset(frame, cfg.data)
-    logits, _ = trainer.predict(model, trainer.loader(dataset, task.collate_fn(trainer.on_cuda)))
+    logits, _ = model_outputs(
+        run_dir, cfg, task, lambda: task.predict_dataset(frame, cfg.data), log
+    )
     columns = task.prediction_columns(logits, labels, labels_path)
     out = frame.copy()
     for name in columns.columns:
@@ -52,6 +51,52 @@ def predict(
     write_table(out, output, "--output")
     log.result(f"wrote {len(out)} predictions to {output}")
     return output
+
+
+def model_outputs(
+    run_dir: Path, cfg: RunConfig, task: Task, dataset: Callable[[], Any], log: Log
+) -> tuple[Any, Any]:
+    """The run's model applied to a dataset: its logits and labels (None without labels).
+
+    The one place a run's checkpoint is loaded for inference (``predict``, ``evaluate``): the
+    best checkpoint (:func:`best_checkpoint`; the caller checked the run with it first, which
+    warns) through ``task.load_artifacts``, then ``Trainer.predict`` with ``task.collate_fn``.
+    ``task`` is bound to the run (:func:`bound_task`). ``dataset`` is a function of no
+    arguments that makes the dataset with ``task`` (``task.predict_dataset``,
+    ``task.make_dataset``): it is called after ``load_artifacts``, because what a dataset is
+    made of (the tokenizer, a table's fitted feature preprocessing) is the checkpoint's.
+    """
+    from tuneforge.trainer import Trainer
+
+    members = read_members(run_dir)
+    if members is not None:  # a repeated run: the ensemble of its members
+        ckpts = [best_checkpoint(m, warn=False) for m in members]
+        return ensemble_outputs(ckpts, cfg, task, dataset, log)
+    ckpt = best_checkpoint(run_dir, warn=False)
+    trainer = Trainer(cfg.trainer.model_copy(), console=log)
+    model = trainer.prepare_model(task.load_artifacts(ckpt))
+    loader = trainer.loader(dataset(), task.collate_fn(trainer.on_cuda))
+    return trainer.predict(model, loader)
+
+
+def ensemble_outputs(
+    checkpoints: list[Path], cfg: RunConfig, task: Task, dataset: Callable[[], Any], log: Log
+) -> tuple[Any, Any]:
+    """The ensemble of ``checkpoints`` (a repeated run's members) applied to a dataset: each
+    loaded with ``task.load_artifacts`` and applied to ``dataset()`` made after it, then
+    their logits combined by :meth:`Task.ensemble_outputs` (the mean of the members'
+    logits by default); ``task`` is left in the last checkpoint's state."""
+    from tuneforge.trainer import Trainer
+
+    trainer = Trainer(cfg.trainer.model_copy(), console=log)
+    outputs, labels = [], None
+    for ckpt in checkpoints:
+        model = trainer.prepare_model(task.load_artifacts(ckpt))
+        loader = trainer.loader(dataset(), task.collate_fn(trainer.on_cuda))
+        logits, labels = trainer.predict(model, loader)
+        outputs.append(logits)
+        del model
+    return task.ensemble_outputs(outputs, checkpoints), labels
 
 
 def run_status(run_dir: Path) -> tuple[str | None, str]:
@@ -88,8 +133,37 @@ def run_status(run_dir: Path) -> tuple[str | None, str]:
     return status, why
 
 
-def best_checkpoint(run_dir: Path) -> Path:
-    """The run folder's ``checkpoint/``; a run that did not complete is used with a warning."""
+#: A repeated run's record of its members (:mod:`tuneforge.repeats`).
+MEMBERS_FILE = "members.json"
+
+
+def read_members(run_dir: Path) -> list[Path] | None:
+    """The member run folders of a repeated run (cross-validation folds or seeds), from its
+    ``members.json``; None for an ordinary run (no such file)."""
+    import json
+
+    path = run_dir / MEMBERS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"{path}: unreadable or not valid JSON") from None
+    names = record.get("members") if isinstance(record, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{path}: no list of member folders under 'members'")
+    root = run_dir.resolve()
+    folders = [(run_dir / n).resolve() for n in names]
+    for name, folder in zip(names, folders, strict=True):
+        if root not in folder.parents:
+            raise UserError(f"{path}: member {short(name)} is not inside the run folder")
+    return folders
+
+
+def best_checkpoint(run_dir: Path, warn: bool = True) -> Path:
+    """The run folder's ``checkpoint/``; a run that did not complete is used with a warning
+    on stderr (unless ``warn`` is false). For a repeated run (``members.json``), every
+    member's checkpoint is checked so, and ``members.json`` is returned."""
     import sys
 
     if not run_dir.is_dir():
@@ -97,7 +171,15 @@ def best_checkpoint(run_dir: Path) -> Path:
         hint = f" (only the unfinished {siblings[0]} beside it)" if siblings else ""
         raise UserError(f"run folder not found: {run_dir}{hint}")
     if not (run_dir / "config.yaml").is_file():
+        status, why = run_status(run_dir)
+        if status is not None or (run_dir / "members").is_dir():  # a run that never finished
+            raise UserError(f"{run_dir}: the run did not complete ({why}): nothing to predict with")
         raise UserError(f"{run_dir} is not a tuneforge run folder (no config.yaml)")
+    members = read_members(run_dir)
+    if members is not None:  # a repeated run: the ensemble of its members' checkpoints
+        for member in members:
+            best_checkpoint(member, warn)
+        return run_dir / MEMBERS_FILE
     status, why = run_status(run_dir)
     ckpt = run_dir / "checkpoint"
     if not ckpt.is_dir():
@@ -107,7 +189,8 @@ def best_checkpoint(run_dir: Path) -> Path:
             f"{run_dir}: the run did not complete ({why}) and saved no best checkpoint "
             "(no checkpoint/): nothing to predict with"
         )
-    if status not in ("completed", "trained"):  # trained: a tuner's trial, tested by its study
+    # trained: a tuner's trial, tested by its study
+    if warn and status not in ("completed", "trained"):
         saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ckpt.stat().st_mtime))
         print(
             f"tuneforge: warning: {run_dir}: the run did not complete ({why}); predicting with "
@@ -120,13 +203,22 @@ def best_checkpoint(run_dir: Path) -> Path:
 
 def bound_task(run_dir: Path, disable: list[str], local: list[str]) -> tuple[RunConfig, Task]:
     """The run's config and its task, bound to the run's tokenizer, model and preprocessors."""
+    cfg, task, _ = bound_run(run_dir, disable, local)
+    return cfg, task
+
+
+def bound_run(
+    run_dir: Path, disable: list[str], local: list[str]
+) -> tuple[RunConfig, Task, PluginManager]:
+    """:func:`bound_task`, and the plugin manager it was built with (its registries, hooks)."""
     from tuneforge.config import read_yaml
 
     try:
         cfg = build_config(read_yaml(run_dir / "config.yaml"))
     except ConfigError as exc:
         raise UserError(f"{run_dir / 'config.yaml'}: {exc}") from None
-    regs = make_plugin_manager(cfg, run_dir, disable, local).registries
+    pm = make_plugin_manager(cfg, run_dir, disable, local)
+    regs = pm.registries
     task = build_component(regs, cfg.task, "task", Task)
     task.name = cfg.task.name
     if cfg.model is None:
@@ -138,7 +230,7 @@ def bound_task(run_dir: Path, disable: list[str], local: list[str]) -> tuple[Run
         for i, r in enumerate(cfg.preprocessors)
     ]
     task.bind(tokenizer, builder, preprocessors)
-    return cfg, task
+    return cfg, task, pm
 
 
 def read_labels(path: Path) -> dict[str, Any]:

@@ -42,6 +42,11 @@ def resume_run(
     try:
         source, final = find_resumable(run_dir)  # again, now that nobody else can move it
         steps = step_dirs(source / STATE_DIR)
+        if not steps and (source / "members").is_dir():
+            raise UserError(
+                f"{source}: a repeated run (split.folds or trainer.seeds) cannot be resumed; "
+                "run it again"
+            )
         if not steps:
             raise UserError(f"{source / 'state'}: no training-state checkpoint; nothing to resume")
         # Before anything moves: every file's size and SHA-256, the state's checksum, and that

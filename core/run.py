@@ -322,6 +322,10 @@ RUN_FILES = frozenset(
         "best_config.yaml",
         "plots",
         "report.html",
+        "evaluations",
+        "members",
+        "members.json",
+        "val_outputs.npz",
     }
 )
 

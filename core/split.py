@@ -17,6 +17,9 @@ class Split:
     val: np.ndarray
     test: np.ndarray
     notes: list[str] = field(default_factory=list)
+    #: A given split (:func:`given_split`): where each split came from (a file, ``column
+    #: split=<value>``, or ``carved from train (...)``); None when the split was made here.
+    given: dict[str, str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -24,6 +27,7 @@ class Split:
             "val": [int(i) for i in self.val],
             "test": [int(i) for i in self.test],
             "notes": self.notes,
+            "given": self.given,
         }
 
     def sizes(self) -> dict[str, int]:
@@ -123,3 +127,216 @@ def make_split(
         return np.sort(rows[np.isin(group_ids, gs)])
 
     return Split(to_rows(train_g), to_rows(val_g), to_rows(test_g), notes)
+
+
+def _carve(
+    rows: np.ndarray,
+    frac: float,
+    seed: int,
+    strata: np.ndarray | None,
+    groups: np.ndarray | None,
+    notes: list[str],
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` split in two, about ``frac`` of their groups on the second side: stratified by
+    ``strata`` (one per row, or a 0/1 label matrix), duplicate groups kept on one side, as in
+    :func:`make_split`; strata with a single group stay on the first side (a note says so)."""
+    n = len(rows)
+    group_ids = pd.factorize(pd.Series(groups if groups is not None else np.arange(n)))[0]
+    n_groups = int(group_ids.max()) + 1 if n else 0
+    gids = np.arange(n_groups)
+    g_strat = None
+    if strata is not None:
+        s = np.asarray(strata)
+        if s.ndim == 2:  # a group holds every label of its rows
+            g_strat = pd.DataFrame(s).groupby(group_ids).max().to_numpy()
+        else:
+            first = pd.Series(np.arange(n)).groupby(group_ids).first().to_numpy()
+            g_strat = s[first]
+    kept = np.zeros(n_groups, dtype=bool)
+    if g_strat is not None and g_strat.ndim == 1:
+        values, counts = np.unique(g_strat, return_counts=True)
+        single = values[counts < 2]
+        if len(single):
+            kept = np.isin(g_strat, single)
+            notes.append(
+                f"{what}: {len(single)} strata with a single group kept in train only: "
+                + ", ".join(map(str, single[:10].tolist()))
+            )
+    free = gids[~kept]
+    strat_free = None if g_strat is None else g_strat[~kept]
+    keep_g, out_g = _two_way(free, strat_free, frac, seed, notes, what)
+    keep_g = np.concatenate([keep_g, gids[kept]])
+    return (
+        np.sort(rows[np.isin(group_ids, keep_g)]),
+        np.sort(rows[np.isin(group_ids, out_g)]),
+    )
+
+
+def given_split(
+    index: pd.Index,
+    given: np.ndarray,
+    sources: dict[str, str],
+    train: float,
+    val: float,
+    test: float,
+    seed: int,
+    strata: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+) -> Split:
+    """The split the data gives: ``given`` names each row's split (``"train"``, ``"val"``,
+    ``"test"``), ``sources`` where each given split came from (for :attr:`Split.given`).
+
+    A given split is kept as it is (the ``train``/``val``/``test`` fractions do not apply to
+    it). A missing val (or test) split is carved from the given train rows like
+    :func:`make_split` carves it (stratified by ``strata``, duplicate ``groups`` kept
+    together, seeded): ``val / (train + val)`` of them (``test / (train + test)`` for test;
+    both missing: :func:`make_split` of the train rows). Notes say what was carved.
+    """
+    rows = np.asarray(index)
+    names = np.asarray(given, dtype=object)
+    parts = {name: np.sort(rows[names == name]) for name in ("train", "val", "test")}
+    where = {name: sources[name] for name in parts if len(parts[name])}
+    notes = [
+        "given split: "
+        + ", ".join(f"{name} from {src}" for name, src in where.items())
+        + "; the split.train/val/test fractions do not apply to given splits"
+    ]
+    missing = [name for name in ("val", "test") if not len(parts[name])]
+    if missing:
+        on_train = names == "train"
+        sub_strata = None if strata is None else np.asarray(strata)[on_train]
+        sub_groups = None if groups is None else np.asarray(groups)[on_train]
+        carve_notes: list[str] = []
+        if len(missing) == 2:
+            made = make_split(
+                rows[on_train], train, val, test, seed, strata=sub_strata, groups=sub_groups
+            )
+            carve_notes += made.notes
+            parts = {"train": made.train, "val": made.val, "test": made.test}
+            share = f"{val:g} and {test:g} of them"
+        else:
+            name = missing[0]
+            frac = val / (train + val) if name == "val" else test / (train + test)
+            parts["train"], parts[name] = _carve(
+                rows[on_train],
+                frac,
+                seed + 1 if name == "val" else seed,
+                sub_strata,
+                sub_groups,
+                carve_notes,
+                f"{name} split",
+            )
+            share = f"{frac:.3g} of them (split.{name} / (split.train + split.{name}))"
+        stratified = strata is not None and not any("not stratified" in n for n in carve_notes)
+        how = f"{'stratified, ' if stratified else ''}seed {seed}"
+        for name in missing:
+            where[name] = f"carved from train ({how})"
+        notes.append(
+            f"no {' and no '.join(missing)} split given: carved from the given train rows, "
+            f"{share} ({how}{', duplicates kept together' if groups is not None else ''})"
+        )
+        notes += carve_notes
+    return Split(parts["train"], parts["val"], parts["test"], notes, given=where)
+
+
+def _fold_of_group(
+    n: int, g_strat: np.ndarray | None, k: int, seed: int, notes: list[str]
+) -> np.ndarray:
+    """Each of ``n`` groups' fold (0..k-1): stratified by ``g_strat`` (1-D strata, or a 0/1
+    label matrix by iterative stratification), shuffled with ``seed``; a plain shuffle when
+    the strata cannot be spread over ``k`` folds (a note says so)."""
+    import warnings
+
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    fold = np.full(n, -1)
+    x = np.zeros((n, 1))
+    if g_strat is not None:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if g_strat.ndim == 2:
+                    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+                    splitter: Any = MultilabelStratifiedKFold(
+                        n_splits=k, shuffle=True, random_state=seed
+                    )
+                else:
+                    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+                for j, (_, held) in enumerate(splitter.split(x, g_strat)):
+                    fold[held] = j
+            for w in caught:  # e.g. a class with fewer examples than folds
+                notes.append(f"folds: {str(w.message).strip()}")
+            if (np.bincount(fold, minlength=k) > 0).all():
+                return fold
+            notes.append("folds: stratification left a fold empty; not stratified")
+        except ValueError as exc:
+            notes.append(f"folds: not stratified ({exc})")
+    for j, (_, held) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(x)):
+        fold[held] = j
+    return fold
+
+
+def make_folds(
+    index: pd.Index,
+    k: int,
+    seed: int,
+    val_share: float,
+    strata: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    holdout: np.ndarray | None = None,
+) -> list[Split]:
+    """K cross-validation splits of rows ``index``: fold ``j``'s rows are split ``j``'s test;
+    its val is carved from the other folds (``val_share`` of them, stratified, seeded, as in
+    :func:`make_split`) and train is the rest.
+
+    :param strata: as for :func:`make_split` (1-D strata or a 0/1 label matrix); folds are
+        stratified by group (``StratifiedKFold``, or iterative ``MultilabelStratifiedKFold``).
+    :param groups: one group key per row; a group's rows share a fold and a split.
+    :param holdout: row labels kept out of every fold (a given test split): in no split.
+    Raises :class:`ValueError` naming the counts when there are too few groups for ``k``
+    folds each with train, val and test rows.
+    """
+    notes: list[str] = []
+    all_rows = np.asarray(index)
+    keep = np.ones(len(all_rows), dtype=bool) if holdout is None else ~np.isin(all_rows, holdout)
+    rows = all_rows[keep]
+    n = len(rows)
+    raw_groups = np.asarray(groups)[keep] if groups is not None else np.arange(n)
+    group_ids = pd.factorize(pd.Series(raw_groups))[0]
+    n_groups = int(group_ids.max()) + 1 if n else 0
+    if n_groups < 2 * k:  # each fold's test, and its val and train from the others
+        what = f"{n} rows in {n_groups} distinct examples (duplicates stay together)"
+        raise ValueError(f"{what} are too few for {k} folds (at least {2 * k} are needed)")
+    g_strat = None
+    if strata is not None:
+        s = np.asarray(strata)[keep]
+        if s.ndim == 2:  # a group holds every label of its rows
+            g_strat = pd.DataFrame(s).groupby(group_ids).max().to_numpy()
+        else:
+            first = pd.Series(np.arange(n)).groupby(group_ids).first().to_numpy()
+            g_strat = s[first]
+    if groups is not None and n_groups < n:
+        notes.append(f"{n - n_groups} duplicate rows kept in the fold of their group")
+    fold = _fold_of_group(n_groups, g_strat, k, seed, notes)
+    gids = np.arange(n_groups)
+    out = []
+    for j in range(k):
+        rest = gids[fold != j]
+        strat_rest = None if g_strat is None else g_strat[rest]
+        fold_notes = list(notes)
+        train_g, val_g = _two_way(rest, strat_rest, val_share, seed + 1, fold_notes, "val split")
+        if len(train_g) == 0 or len(val_g) == 0:
+            raise ValueError(
+                f"fold {j + 1} of {k}: {len(rest)} distinct examples outside it are too few "
+                "to carve a validation split from"
+            )
+        split = Split(
+            np.sort(rows[np.isin(group_ids, train_g)]),
+            np.sort(rows[np.isin(group_ids, val_g)]),
+            np.sort(rows[fold[group_ids] == j]),
+            fold_notes + [f"fold {j + 1} of {k}: its rows are this split's test"],
+        )
+        out.append(split)
+    return out

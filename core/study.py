@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,9 @@ class Study:
     best_outcome: Outcome | None = None
     best_prep: Prepared | None = None
     best_trial: Trial | None = None
+    #: With ``trainer.seeds``: each trial's best validation value per seed (trial number ->
+    #: values in seed order); the trial's objective is their mean.
+    seed_values: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def sign(self) -> int:
@@ -224,6 +227,9 @@ def _objective(study: Study, trial: Trial) -> float:
     trial_raw.pop("tuner", None)
     trial_cfg = build_config(trial_raw, study.overrides + list(trial.params.items()))
     trial_cfg.output.dir = study.trial_dir(trial.number)
+    seeds = list(trial_cfg.trainer.seeds or ())
+    if seeds:  # the first seed's run is the trial's folder (pruned, tested if it wins)
+        trial_cfg.trainer.seed = seeds[0]
     study.log(f"trial {trial.number}: {trial.params}")
     trial_prep = prepare(trial_cfg, study.prep.base_dir, study.prep.pm)
     folder = RunFolder(trial_cfg.output.dir)
@@ -266,16 +272,69 @@ def _objective(study: Study, trial: Trial) -> float:
         if error is exc:
             raise
         raise error from exc
-    _commit_trial(study, trial, trial_prep, folder, outcome)
+    _commit_trial(study, trial, trial_prep, folder, outcome, keep_best=len(seeds) < 2)
+    if len(seeds) > 1:
+        first_dir = trial.run_dir
+        values = [trial.value] + _other_seeds(study, trial, trial_cfg, seeds[1:])
+        trial.run_dir = first_dir
+        finite = [v for v in values if v is not None and np.isfinite(v)]
+        study.seed_values[trial.number] = [float("nan") if v is None else v for v in values]
+        if len(finite) < len(values):  # a seed failed: so did the trial
+            trial.state, trial.value = "failed", None
+        else:
+            trial.value = float(np.mean(finite))
+            study.log(f"trial {trial.number}: {monitor} mean {trial.value:.4f} over seeds {seeds}")
+            _keep_if_best(study, trial, trial_prep, outcome)
     trial.seconds = time.time() - t0
     return trial.value if trial.value is not None else float("nan")
 
 
+def _other_seeds(
+    study: Study, trial: Trial, trial_cfg: Any, seeds: list[int]
+) -> list[float | None]:
+    """Train the trial's config again with each of ``seeds`` (``trials/trial_NNN-seed-S``,
+    committed as trained, never tested); their best validation values (None: it failed)."""
+    out: list[float | None] = []
+    for seed in seeds:
+        cfg = trial_cfg.model_copy(deep=True)
+        cfg.trainer.seed = seed
+        cfg.output.dir = study.trial_dir(trial.number).with_name(
+            f"trial_{trial.number:03d}-seed-{seed}"
+        )
+        prep = prepare(cfg, study.prep.base_dir, study.prep.pm)
+        folder = RunFolder(cfg.output.dir)
+        try:
+            outcome = train(prep, folder, study.log, trial=trial.number)
+        except UserError as exc:
+            if folder.training_started:
+                folder.fail(exc)
+            else:
+                folder.abort()
+            if isinstance(exc, PluginError):
+                raise
+            study.log(f"trial {trial.number}, seed {seed} failed: {exc}")
+            out.append(None)
+            continue
+        except BaseException as exc:
+            error = close_failed(folder, exc, study.log)
+            if error is exc:
+                raise
+            raise error from exc
+        _commit_trial(study, trial, prep, folder, outcome, keep_best=False)
+        out.append(outcome.best_value)
+    return out
+
+
 def _commit_trial(
-    study: Study, trial: Trial, trial_prep: Prepared, folder: RunFolder, outcome: Outcome
+    study: Study,
+    trial: Trial,
+    trial_prep: Prepared,
+    folder: RunFolder,
+    outcome: Outcome,
+    keep_best: bool = True,
 ) -> None:
-    """Commit a trained trial's folder (``trained``: tested only if it wins) and keep it when
-    it is the best so far."""
+    """Commit a trained trial's folder (``trained``: tested only if it wins) and, with
+    ``keep_best``, keep it when it is the best so far."""
     try:
         folder.write_json("metrics.json", outcome.train_metrics)
         info = {"status": "trained", "trial": trial.number, "params": trial.params}
@@ -293,6 +352,12 @@ def _commit_trial(
     trial.value = outcome.best_value
     trial.state = "complete"
     trial.run_dir = str(study.trial_dir(trial.number, final=True))
+    if keep_best:
+        _keep_if_best(study, trial, trial_prep, outcome)
+
+
+def _keep_if_best(study: Study, trial: Trial, trial_prep: Prepared, outcome: Outcome) -> None:
+    """Keep ``trial`` as the study's best when its objective beats the best so far."""
     current = study.best_trial
     if trial.value is not None and (
         current is None or study.sign * trial.value > study.sign * current.value
@@ -309,6 +374,12 @@ def _write_tables(study: Study, trials: list[Trial]) -> None:
             "number": t.number,
             **{f"params.{k}": v for k, v in t.params.items()},
             study.monitor: t.value,
+            # trainer.seeds: the objective above is the mean of these, one per seed
+            **(
+                {f"{study.monitor} per seed": " ".join(f"{v:.6g}" for v in per_seed)}
+                if (per_seed := study.seed_values.get(t.number)) is not None
+                else {}
+            ),
             "epochs": len(t.intermediate),
             "state": t.state,
             "seconds": round(t.seconds, 2),

@@ -44,16 +44,52 @@ from tuneforge.prepare import Log, Prepared, leakage_check, prepare, run_validat
 
 
 def evaluate_metrics(prep: Prepared, logits: Any, labels: Any, loss_fn: Any) -> dict[str, float]:
+    return metric_values(prep.task, prep.metrics, logits, labels, loss_fn)
 
+
+def metric_values(
+    task: Any, metrics: dict[str, Any], logits: Any, labels: Any, loss_fn: Any
+) -> dict[str, float]:
+    """``loss`` (``loss_fn``, the evaluation loss) and each of ``metrics`` (name -> Metric) of
+    the model's ``logits`` against the dataset's ``labels`` (CPU tensors): what ``metrics.json``
+    records for a split (``tuneforge evaluate`` too)."""
     out = (
         {"loss": float(loss_fn(logits, labels.to(logits.device)).item())}
         if labels is not None
         else {}
     )
-    y_pred, y_score = prep.task.predictions(logits)
+    y_pred, y_score = task.predictions(logits)
     y_true = labels.numpy()
-    for name, metric in prep.metrics.items():
+    for name, metric in metrics.items():
         out[name] = float(metric(y_true, y_pred, y_score))
+    return out
+
+
+def baseline_advice(test: dict[str, float], metrics: dict[str, Any], monitor: str) -> list[str]:
+    """A recommendation for each reference model of the task (:meth:`Task.baselines`, keys
+    holding ``baseline`` and ending in ``_<metric>``) that beats the trained model on test in
+    the run's headline metric: the monitored one, else the first of ``metrics:``."""
+    import math
+
+    headline = monitor if monitor in metrics else next(iter(metrics), None)
+    model = test.get(headline) if headline else None
+    if headline is None or model is None or not math.isfinite(model):
+        return []
+    greater = metrics[headline].greater_is_better
+    out = []
+    for key, value in test.items():
+        if "baseline" not in key or not key.endswith(f"_{headline}") or not math.isfinite(value):
+            continue
+        # the longest metric name the key ends with: baseline_ridge_rmse is rmse, not mse
+        if max((m for m in metrics if key.endswith(f"_{m}")), key=len) != headline:
+            continue
+        if (value > model) if greater else (value < model):
+            name = key[: -len(headline) - 1].replace("baseline_", "").replace("_baseline", "")
+            out.append(
+                f"the {name.replace('_', ' ')} baseline beats the model on test {headline} "
+                f"({value:.4g} vs {model:.4g}): prefer it for this data, or give the model more "
+                "data, epochs or capacity before trusting it"
+            )
     return out
 
 
@@ -66,6 +102,8 @@ class Outcome:
     train_metrics: dict[str, Any]
     best_value: float | None
     evaluate_test: Callable[[], tuple[dict[str, float], Any]] | None = None
+    #: The run's training state (its data after validation, split, task), while in memory.
+    training: TrainingRun | None = None
 
 
 @dataclass
@@ -194,6 +232,10 @@ def write_records(
     cfg, task = prep.config, prep.task
     resolved = dump_config(cfg)
     resolved["data"]["path"] = str(Path(data.source).resolve())
+    given_files = (("val_path", cfg.data.val_path), ("test_path", cfg.data.test_path))
+    for key, given_path in given_files:  # given split files, as absolute as data.path
+        if given_path is not None:
+            resolved["data"][key] = str((prep.base_dir / given_path).resolve())
     resolved["plugins"]["local"] = [resolve_local(s, prep.base_dir) for s in cfg.plugins.local]
     if resume is None:  # a resumed run keeps its config.yaml as written
         folder.write_yaml("config.yaml", mask_tree(resolved))  # no passwords in the run folder
@@ -283,6 +325,7 @@ def fit_model(run: TrainingRun, resume: Path | None) -> Outcome:
         train_metrics,
         result.best_value,
         lambda: evaluate_test(run, train_metrics),
+        run,
     )
 
 
@@ -380,8 +423,18 @@ def evaluate_test(run: TrainingRun, train_metrics: dict[str, Any]) -> tuple[dict
     best_dir = Path(run.ctx.run_dir) / "checkpoint"
     best_model = trainer.prepare_model(task.load_artifacts(best_dir), local=True)
 
+    # The validation outputs, computed once: for after_training and val_outputs.npz (refine
+    # compares rounds on them, tuneforge.compare).
+    val_logits, val_labels = trainer.predict(
+        best_model, trainer.loader(run.val_set, run.collate, local=True)
+    )
+    if val_labels is not None:
+        from tuneforge.compare import write_val_outputs
+
+        write_val_outputs(run.ctx.run_dir, split.val, val_logits, val_labels)
+
     def predict_val() -> tuple[Any, Any]:
-        return trainer.predict(best_model, trainer.loader(run.val_set, run.collate, local=True))
+        return val_logits, val_labels
 
     tuning = task.after_training(predict_val, best_dir)  # e.g. thresholds on val
     if tuning:
@@ -419,6 +472,30 @@ def end_run(prep: Prepared, ctx: RunContext, metrics: dict[str, Any], status: st
                 prep.pm.pm.unregister(cb)
 
 
+def run_info(prep: Prepared, started: float) -> dict[str, Any]:
+    """``run.json`` of a completed run: status, versions, device, processes, plugins."""
+    import torch
+
+    processes = process_count()
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)
+    return {
+        "status": "completed",
+        "tuneforge": tuneforge.__version__,
+        "task": prep.config.task.name,
+        "started": started,
+        "finished": time.time(),
+        "seconds": time.time() - started,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": "cuda"
+        if torch.cuda.is_available() and prep.config.trainer.device != "cpu"
+        else "cpu",
+        "processes": processes,
+        "machines": max(1, processes // max(1, per_machine)),
+        "plugins": sorted(i.name for i in prep.pm.infos.values() if not i.disabled and not i.error),
+    }
+
+
 def finish(
     outcome: Outcome, prep: Prepared, log: Log, started: float, extra: dict[str, Any] | None = None
 ) -> Path:
@@ -428,13 +505,14 @@ def finish(
     so a folder killed before that never claims it; the run's last hooks (report, loggers) see
     the committed folder, still under the run's lock.
     """
-    import torch
-
     assert outcome.evaluate_test is not None
     folder = outcome.folder
     try:
         test, predictions = outcome.evaluate_test()
         metrics = {**outcome.train_metrics, "test": test, **(extra or {})}
+        advice = baseline_advice(test, prep.metrics, prep.monitor)
+        if advice:
+            metrics["recommendations"] = advice
         folder.write_json("metrics.json", metrics)
         folder.write_text("predictions_test.csv", predictions.to_csv(index=False))
         for name, value in test.items():
@@ -448,27 +526,7 @@ def finish(
                     "time": time.time(),
                 }
             )
-        processes = process_count()
-        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)
-        info = {
-            "status": "completed",
-            "tuneforge": tuneforge.__version__,
-            "task": prep.config.task.name,
-            "started": started,
-            "finished": time.time(),
-            "seconds": time.time() - started,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "device": "cuda"
-            if torch.cuda.is_available() and prep.config.trainer.device != "cpu"
-            else "cpu",
-            "processes": processes,
-            "machines": max(1, processes // max(1, per_machine)),
-            "plugins": sorted(
-                i.name for i in prep.pm.infos.values() if not i.disabled and not i.error
-            ),
-        }
-        final = folder.commit(info, keep_lock=True)
+        final = folder.commit(run_info(prep, started), keep_lock=True)
     except BaseException:
         end_run(prep, outcome.context, {}, "failed")
         raise
@@ -479,6 +537,8 @@ def finish(
         folder.release()
     shown = "  ".join(f"{k} {v:.4f}" for k, v in test.items())
     log.result(f"test: {shown}")
+    for line in metrics.get("recommendations", []):
+        log.result(f"recommendation: {line}")
     log.result(f"run folder: {final}")
     return final
 
@@ -514,6 +574,17 @@ def run(
 
         return run_study(prep, raw or dump_config(cfg), overrides, log, overwrite, started)
     overwrite = overwrite or cfg.output.overwrite
+    if cfg.split.folds is not None or len(cfg.trainer.seeds or ()) > 1:
+        from tuneforge.repeats import run_repeated
+
+        if process_count() > 1:
+            raise ConfigError(
+                "split.folds" if cfg.split.folds is not None else "trainer.seeds",
+                f"a repeated run runs in one process, not under a {process_count()}-process launch",
+            )
+        return run_repeated(prep, log, overwrite, started)
+    if cfg.trainer.seeds:  # one seed: an ordinary run with that trainer seed
+        prep.config.trainer.seed = cfg.trainer.seeds[0]
     # Only the main process writes the run folder; the others train beside it.
     folder = (
         RunFolder(cfg.output.dir, overwrite=overwrite) if main else ReplicaFolder(cfg.output.dir)

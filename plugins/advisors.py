@@ -356,7 +356,8 @@ class RefineCommand(Command):
             type=int,
             default=1,
             metavar="N",
-            help="with --apply: at most N new rounds, while an advisor fires and val improves",
+            help="with --apply: at most N new rounds, while an advisor fires and each round "
+            "is measurably better than the last (95%% interval of the difference)",
         )
         parser.add_argument("-q", "--quiet", action="store_true", help="print only the results")
 

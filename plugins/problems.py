@@ -125,6 +125,36 @@ class SingleLabelClassification(Task):
             "majority_baseline_accuracy": float((label_ids(data, split.test) == majority).mean())
         }
 
+    def test_details(
+        self, data: TaskData, rows: np.ndarray, logits: Any, labels: Any
+    ) -> dict[str, Any]:
+        """``per_class``: each class's precision, recall, F1 and support; ``confusion_matrix``:
+        ``{"classes": [...], "counts": [[...]]}``, a row per true class and a column per
+        predicted class, in label-id order."""
+        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+        names = [str(c) for c in data.classes or []]
+        if labels is None or not names:
+            return {}
+        y_true, (y_pred, _) = labels.numpy(), self.predictions(logits)
+        ids = list(range(len(names)))
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
+        per_class = [
+            {
+                "class": name,
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
+            for i, name in enumerate(names)
+        ]
+        counts = confusion_matrix(y_true, y_pred, labels=ids)
+        return {
+            "per_class": per_class,
+            "confusion_matrix": {"classes": names, "counts": counts.astype(int).tolist()},
+        }
+
     def prediction_frame(
         self, data: TaskData, rows: np.ndarray, logits: Any, labels: Any
     ) -> pd.DataFrame:

@@ -402,6 +402,18 @@ class RegressionTaskMixin(Task):
         self.scaler = TargetScaler.load(folder)
         return super().load_artifacts(folder)
 
+    def ensemble_outputs(self, outputs: list[Any], folders: list[Path]) -> Any:
+        """The members' predictions in target units (each with its own checkpoint's target
+        scaler) averaged, then standardised with the current scaler (the last folder's)."""
+        import numpy as np
+        import torch
+
+        assert self.scaler is not None, "load_artifacts() first"
+        pairs = zip(outputs, folders, strict=True)
+        values = [TargetScaler.load(f).inverse(o.float().numpy()) for o, f in pairs]
+        mean = self.scaler.transform(np.mean(values, axis=0))
+        return torch.as_tensor(mean.reshape(outputs[-1].shape), dtype=torch.float32)
+
 
 # -- metrics ---------------------------------------------------------------------------------
 

@@ -461,3 +461,10 @@ def test_stale_component_tables_fail_the_check_and_write_fixes_them(tmp_path: Pa
     assert subprocess.run([*gen, "--write", *docs]).returncode == 0
     assert "| `typo` | `text` |" in (tmp_path / "config.md").read_text()
     assert subprocess.run([*gen, "--check", *docs]).returncode == 0
+
+
+@pytest.mark.parametrize("key", ["path", "val_path", "test_path"])
+def test_an_empty_data_path_is_refused_not_read_as_the_config_folder(key: str) -> None:
+    data = {"path": "data.csv", key: "  "}
+    with pytest.raises(ConfigError, match=f"data.{key}.*empty path"):
+        build_config({"task": "text-classification", "data": data})

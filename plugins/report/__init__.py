@@ -56,6 +56,30 @@ def on_run_end(run: RunContext, metrics: dict[str, Any], status: str) -> None:
 
 
 @hookimpl
+def on_evaluation_end(run_dir: Path, name: str, results: dict[str, Any]) -> None:
+    """Rebuild the run's ``report.html``, when it has one, so that it shows the new evaluation.
+
+    A failure here is reported as a warning: the evaluation itself is saved.
+    """
+    if not (Path(run_dir) / "report.html").is_file():
+        return
+    try:
+        from tuneforge.plugins.report.html import build_report
+
+        report = build_report(Path(run_dir))
+        for warning in report.warnings:
+            print(f"tuneforge: warning: {warning}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"tuneforge: warning: {run_dir}/report.html could not be rebuilt "
+            f"({type(exc).__name__}: {first}); evaluation {name!r} is saved",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+@hookimpl
 def on_study_end(
     study_dir: Path, trials: list[Any], space: dict[str, Any], monitor: str, direction: str
 ) -> None:

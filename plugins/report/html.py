@@ -145,8 +145,13 @@ def _metrics_section(run_dir: Path, metrics: dict[str, Any], problem: str) -> st
         "validation values are those of the best epoch.</p>",
         table(["metric", "test", "validation (best epoch)"], rows, "num"),
     ]
+    advice = metrics.get("recommendations")
+    if isinstance(advice, list) and advice:
+        items = "".join(f"<li>{esc(str(a))}</li>" for a in advice)
+        parts.append(f"<div class=recommend><h3>Recommendation</h3><ul>{items}</ul></div>")
     if problem != "regression":
         parts.append(_per_class(run_dir))
+    parts.append(_repeats_table(metrics))
     study = metrics.get("study")
     if isinstance(study, dict):
         parts.append("<h3>Hyperparameter study</h3>")
@@ -165,6 +170,43 @@ def _metrics_section(run_dir: Path, metrics: dict[str, Any], problem: str) -> st
         )
     parts.append("</section>")
     return "".join(parts)
+
+
+def _repeats_table(metrics: dict[str, Any]) -> str:
+    """A repeated run's members (``metrics.json`` ``repeats``: folds or seeds): one row per
+    member with its best validation value and test metrics, then mean, std and 95% interval."""
+    repeats = metrics.get("repeats")
+    if not isinstance(repeats, dict) or not isinstance(repeats.get("values"), dict):
+        return ""
+    values, summary = repeats["values"], repeats.get("summary") or {}
+    members = [str(m) for m in repeats.get("members") or []]
+    monitor = metrics.get("monitor")
+    keys = [monitor] if monitor in values else []
+    keys += [k for k in values if str(k).startswith("test.") and "baseline" not in str(k)]
+    header = ["member"] + [f"<code>{esc(k)}</code>" for k in keys]
+    rows = [
+        [esc(name)] + [fmt((values.get(k) or [None] * len(members))[i]) for k in keys]
+        for i, name in enumerate(members)
+    ]
+
+    def stat(k: str, what: str) -> str:
+        s = summary.get(k) if isinstance(summary.get(k), dict) else {}
+        if what == "ci95":
+            ci = s.get("ci95")
+            if not isinstance(ci, list) or len(ci) != 2:
+                return "&ndash;"
+            return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+        return fmt(s.get(what))
+
+    for what, label in (("mean", "mean"), ("std", "std"), ("ci95", "95% interval")):
+        rows.append([f"<b>{label}</b>"] + [stat(k, what) for k in keys])
+    kind = "Cross-validation folds" if repeats.get("kind") == "folds" else "Repeated seeds"
+    note = (
+        f"{fmt(repeats.get('n'))} member runs (<code>members/</code>); std with ddof 1, 95% "
+        "t-interval (approximate for folds, which share training rows). The run's model is the "
+        f"ensemble of the members; its test metrics above are {esc(metrics.get('test_is', ''))}."
+    )
+    return f"<h3>{kind}</h3><p class=muted>{note}</p>" + table(header, rows, "num")
 
 
 def _per_label(run_dir: Path) -> str:
@@ -217,6 +259,66 @@ def _per_class(run_dir: Path) -> str:
     )
 
 
+def _evaluations_section(run_dir: Path) -> str:
+    """Each saved ``tuneforge evaluate`` of the run (``evaluations/NAME/metrics.json``): its
+    input, rows, metrics and baselines, per-class (or per-label) table and confusion matrix."""
+    from tuneforge.evaluate import INFO_KEYS, read_evaluations
+
+    evaluations = read_evaluations(run_dir)
+    if not evaluations:
+        return ""
+    parts = [
+        "<section id=evaluations><h2>Evaluations</h2>",
+        "<p class=muted>The best checkpoint scored on other labelled files "
+        "(<code>tuneforge evaluate RUN --input FILE</code>); results in "
+        "<code>evaluations/NAME/</code>.</p>",
+    ]
+    for ev in evaluations:
+        parts.append(
+            f"<h3>{esc(ev.get('name', ''))}</h3><p>{fmt(ev.get('rows'))} rows of "
+            f"<code>{esc(ev.get('input', ''))}</code></p>"
+        )
+        rows = [
+            [f"<code>{esc(k)}</code>" if "baseline" not in k else f"<i>{esc(k)}</i>", fmt(v)]
+            for k, v in ev.items()
+            if k not in INFO_KEYS
+        ]
+        parts.append(table(["metric", "value"], rows, "num"))
+        details = ev.get("details") if isinstance(ev.get("details"), dict) else {}
+        for key, label in (("per_class", "class"), ("per_label", "label")):
+            per = details.get(key)
+            if isinstance(per, list) and per:
+                keys = ("precision", "recall", "f1", "support", "predicted")
+                cols = [c for c in keys if isinstance(per[0], dict) and c in per[0]]
+                body = [
+                    [esc(r.get(label, ""))] + [fmt(r.get(c)) for c in cols]
+                    for r in per
+                    if isinstance(r, dict)
+                ]
+                parts.append(table([label, *cols], body, "num"))
+        matrix = details.get("confusion_matrix")
+        if isinstance(matrix, dict) and isinstance(matrix.get("counts"), list):
+            classes = [str(c) for c in matrix.get("classes") or []]
+            counts = matrix["counts"]
+            if len(classes) == len(counts):
+                parts.append(
+                    "<p class=muted>Confusion matrix: true class (rows) by predicted "
+                    "class (columns).</p>"
+                )
+                body = [
+                    [f"<b>{esc(c)}</b>"] + [fmt(v) for v in (r if isinstance(r, list) else [])]
+                    for c, r in zip(classes, counts, strict=True)
+                ]
+                parts.append(table(["true \\ predicted", *classes], body, "num"))
+        notes = ev.get("notes") if isinstance(ev.get("notes"), list) else []
+        if notes:
+            parts.append(
+                "<ul class=notes>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
+            )
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def _findings_section(findings: Any) -> str:
     data = findings if isinstance(findings, dict) else {}
     items = data.get("findings") or []
@@ -263,6 +365,14 @@ def _split_section(split: Any, config_text: str) -> str:
     if isinstance(data.get("balanced_train"), list):
         sizes["train_balanced"] = len(data["balanced_train"])
     balancer = re.search(r"^balancer:\s*(.+)$", config_text, flags=re.M)
+    given = data.get("given")
+    if isinstance(given, dict) and given:  # split.json's given: where each split came from
+        where = "; ".join(
+            f"<b>{esc(name)}</b> "
+            + (esc(src) if str(src).startswith("carved") else f"from <code>{esc(src)}</code>")
+            for name, src in given.items()
+        )
+        parts.append(f"<p class=given>The split was given: {where}.</p>")
     if balancer and balancer.group(1).strip() not in ("", "null"):
         parts.append(f"<p>Balancer: <code>{esc(balancer.group(1).strip())}</code></p>")
     columns = [
@@ -399,7 +509,10 @@ def render(run_dir: Path, plots: PlotResult, name: str | None = None) -> str:
     advice = read_json(advice_path) if advice_path.is_file() else None
     name = name or run_dir.name
     advice_html = _advice_section(advice)
+    evaluations_html = _evaluations_section(run_dir)
     nav = [("metrics", "Test metrics")]
+    if evaluations_html:
+        nav.append(("evaluations", "Evaluations"))
     if advice_html:
         nav.append(("advice", "Advice"))
     nav += [("data", "Data quality"), ("split", "Split and balance")]
@@ -408,6 +521,7 @@ def render(run_dir: Path, plots: PlotResult, name: str | None = None) -> str:
         _header(name, run, metrics, config_text),
         "<nav>" + "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in nav) + "</nav>",
         _metrics_section(run_dir, metrics, problem),
+        evaluations_html,
         advice_html,
         _findings_section(read_json(run_dir / "findings.json")),
         _split_section(read_json(run_dir / "split.json"), config_text),

@@ -47,6 +47,11 @@ class TabularTask(Task):
 
     roles: ClassVar[dict[str, str]] = {}
     features: FeaturePreprocessor | None = None
+    #: Columns core reads itself (``split.column``): never features.
+    reserved: tuple[str, ...] = ()
+    #: Feature column -> ``"numeric"`` / ``"categorical"``, decided by the first file loaded
+    #: (the training data); later files of the run are read with the same kinds.
+    kinds: dict[str, str] = {}  # noqa: RUF012 (always replaced, never mutated)
 
     class Config(StrictConfig):
         pass
@@ -60,12 +65,31 @@ class TabularTask(Task):
         frame.columns = [str(c) for c in frame.columns]
         return frame, path
 
+    def reserve_columns(self, columns: list[str]) -> None:
+        """Every column is a feature by default: these (``split.column``) are not."""
+        self.reserved = tuple(columns)
+
     def _task_data(
         self, frame: pd.DataFrame, path: Path, data_config: Any, target: Any, classes: Any
     ) -> TaskData:
-        numeric, categorical = select_features(
-            frame, dict(data_config.columns), target_columns(target), path
-        )
+        columns = dict(data_config.columns)
+        for role in ("numeric", "categorical"):
+            named = [c.strip() for c in str(columns.get(role, "")).split(",")]
+            for col in self.reserved:
+                if col in named:
+                    raise ConfigError(
+                        f"data.columns.{role}", f"{col!r} is the split column (split.column)"
+                    )
+        if self.kinds:  # a later file of this run (a given val/test split): the first's kinds
+            require_columns(frame, {f"feature {c!r}": c for c in self.kinds}, path)
+            numeric = [c for c, kind in self.kinds.items() if kind == "numeric"]
+            categorical = [c for c, kind in self.kinds.items() if kind != "numeric"]
+        else:
+            numeric, categorical = select_features(frame, columns, target_columns(target), path)
+            numeric = [c for c in numeric if c not in self.reserved]
+            categorical = [c for c in categorical if c not in self.reserved]
+        if not numeric and not categorical:
+            raise ConfigError("data.columns", "no feature column left but the split column")
         numeric_frame(frame, numeric, str(path))  # text in a numeric column: name the row
         self.kinds = {c: "numeric" for c in numeric} | {c: "categorical" for c in categorical}
         inputs = {c: c for c in numeric + categorical}
@@ -81,7 +105,7 @@ class TabularTask(Task):
 
     def feature_kinds(self, data: TaskData) -> tuple[list[str], list[str]]:
         """(numeric, categorical) feature columns of loaded data (kinds decided at load)."""
-        kinds = getattr(self, "kinds", None) or {
+        kinds = self.kinds or {
             c: "categorical" if _is_categorical(data.frame[c]) else "numeric"
             for c in data.inputs.values()
         }
