@@ -124,7 +124,7 @@ def _train_member(prep: Prepared, parent: RunFolder, member: Member, log: Log) -
             outcome = train(mprep, folder, log)
             if folder.training_started:
                 parent.training_started = True  # from here on, what the members did is kept
-            member.final = finish(outcome, mprep, log, t0)
+            member.final = finish(outcome, mprep, log, t0, member=member.name)
         except BaseException as exc:
             if folder.training_started:
                 parent.training_started = True

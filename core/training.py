@@ -497,9 +497,17 @@ def run_info(prep: Prepared, started: float) -> dict[str, Any]:
 
 
 def finish(
-    outcome: Outcome, prep: Prepared, log: Log, started: float, extra: dict[str, Any] | None = None
+    outcome: Outcome,
+    prep: Prepared,
+    log: Log,
+    started: float,
+    extra: dict[str, Any] | None = None,
+    member: str | None = None,
 ) -> Path:
     """Evaluate the best checkpoint on test once, write metrics and commit the folder.
+
+    ``member``: the run is that member of a repeated run, whose folder moves with its parent's:
+    its console line names the member instead of a folder path that will not last.
 
     ``run.json`` says ``completed`` only under the final name (written just after the rename),
     so a folder killed before that never claims it; the run's last hooks (report, loggers) see
@@ -539,7 +547,7 @@ def finish(
     log.result(f"test: {shown}")
     for line in metrics.get("recommendations", []):
         log.result(f"recommendation: {line}")
-    log.result(f"run folder: {final}")
+    log.result(f"member {member}: completed" if member else f"run folder: {final}")
     return final
 
 

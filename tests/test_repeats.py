@@ -119,7 +119,8 @@ def test_folds_cross_validate_a_text_task(project) -> None:
     assert "Cross-validation folds" in report and "95% interval" in report
     # evaluate on the parent: the ensemble, with baselines fitted on every row the folds saw
     pd.read_csv(project.data).head(40).to_csv(project.root / "some.csv", index=False)
-    got = json.loads(ok(run_cli("evaluate", str(run), "-i", "some.csv", "--json")))
+    some = str(project.root / "some.csv")
+    got = json.loads(ok(run_cli("evaluate", str(run), "-i", some, "--json")))
     assert got["notes"] == [] and "majority_baseline_accuracy" in got, got["notes"]
 
 
