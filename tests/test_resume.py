@@ -80,7 +80,9 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_results(project) ->
     cmd = [str(TUNEFORGE), "run", str(cfg), "--set", f"output.dir={runs / 'killed'}"]
     partial = kill_after_checkpoint(cmd, runs, "killed", min_step=14)  # in epoch 2 of 3
     kept = sorted(p.name for p in (partial / "state").glob("step-*"))
-    assert 1 <= len(kept) <= 2, kept  # keep_checkpoints: 2
+    # keep_checkpoints: 2; the oldest is pruned only once the new one is durable, so a kill
+    # between the two leaves one more
+    assert 1 <= len(kept) <= 3, kept
     assert not (runs / "killed").exists()
 
     out = ok(run_cli("run", "--resume", str(runs / "killed")))
