@@ -74,6 +74,18 @@ def _multilabel_two_way(
     return ids[np.sort(a)], ids[np.sort(b)]
 
 
+def _group_strata(strata: np.ndarray | None, group_ids: np.ndarray) -> np.ndarray | None:
+    """One stratum per duplicate group (``group_ids``: 0..G-1 per row): the stratum of its
+    first row, or for a 0/1 label matrix every label of its rows."""
+    if strata is None:
+        return None
+    s = np.asarray(strata)
+    if s.ndim == 2:  # a group holds every label of its rows
+        return pd.DataFrame(s).groupby(group_ids).max().to_numpy()
+    first = pd.Series(np.arange(len(group_ids))).groupby(group_ids).first().to_numpy()
+    return s[first]
+
+
 def make_split(
     index: pd.Index,
     train: float,
@@ -98,11 +110,7 @@ def make_split(
     n = len(rows)
     group_ids = pd.factorize(pd.Series(groups if groups is not None else np.arange(n)))[0]
     n_groups = int(group_ids.max()) + 1 if n else 0
-    # One stratum per group: the stratum of its first row.
-    first = pd.Series(np.arange(n)).groupby(group_ids).first().to_numpy()
-    g_strat = None if strata is None else np.asarray(strata)[first]
-    if g_strat is not None and g_strat.ndim == 2:  # a group holds every label of its rows
-        g_strat = pd.DataFrame(np.asarray(strata)).groupby(group_ids).max().to_numpy()
+    g_strat = _group_strata(strata, group_ids)
     gids = np.arange(n_groups)
     forced_train = np.zeros(n_groups, dtype=bool)
     if g_strat is not None and g_strat.ndim == 1:
@@ -145,14 +153,7 @@ def _carve(
     group_ids = pd.factorize(pd.Series(groups if groups is not None else np.arange(n)))[0]
     n_groups = int(group_ids.max()) + 1 if n else 0
     gids = np.arange(n_groups)
-    g_strat = None
-    if strata is not None:
-        s = np.asarray(strata)
-        if s.ndim == 2:  # a group holds every label of its rows
-            g_strat = pd.DataFrame(s).groupby(group_ids).max().to_numpy()
-        else:
-            first = pd.Series(np.arange(n)).groupby(group_ids).first().to_numpy()
-            g_strat = s[first]
+    g_strat = _group_strata(strata, group_ids)
     kept = np.zeros(n_groups, dtype=bool)
     if g_strat is not None and g_strat.ndim == 1:
         values, counts = np.unique(g_strat, return_counts=True)
@@ -309,14 +310,7 @@ def make_folds(
     if n_groups < 2 * k:  # each fold's test, and its val and train from the others
         what = f"{n} rows in {n_groups} distinct examples (duplicates stay together)"
         raise ValueError(f"{what} are too few for {k} folds (at least {2 * k} are needed)")
-    g_strat = None
-    if strata is not None:
-        s = np.asarray(strata)[keep]
-        if s.ndim == 2:  # a group holds every label of its rows
-            g_strat = pd.DataFrame(s).groupby(group_ids).max().to_numpy()
-        else:
-            first = pd.Series(np.arange(n)).groupby(group_ids).first().to_numpy()
-            g_strat = s[first]
+    g_strat = _group_strata(None if strata is None else np.asarray(strata)[keep], group_ids)
     if groups is not None and n_groups < n:
         notes.append(f"{n - n_groups} duplicate rows kept in the fold of their group")
     fold = _fold_of_group(n_groups, g_strat, k, seed, notes)
