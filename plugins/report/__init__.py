@@ -39,20 +39,27 @@ def on_run_end(run: RunContext, metrics: dict[str, Any], status: str) -> None:
     """
     if status != "completed":
         return
+    _build(
+        Path(run.run_dir),
+        Path(run.final_dir).name,
+        "the run report could not be written ({error}); the run itself is complete",
+    )
+
+
+def _build(run_dir: Path, name: str | None, failed: str) -> None:
+    """Write ``run_dir/report.html``, its warnings and any failure (``failed``, with
+    ``{error}``) printed as one-line warnings: a report never fails what it describes."""
     try:
         from tuneforge.plugins.report.html import build_report
 
-        report = build_report(Path(run.run_dir), name=Path(run.final_dir).name)
+        report = build_report(run_dir) if name is None else build_report(run_dir, name=name)
         for warning in report.warnings:
             print(f"tuneforge: warning: {warning}", file=sys.stderr, flush=True)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        print(
-            f"tuneforge: warning: the run report could not be written "
-            f"({type(exc).__name__}: {first}); the run itself is complete",
-            file=sys.stderr,
-            flush=True,
-        )
+        error = f"{type(exc).__name__}: {first}"
+        shown = failed.replace("{error}", error)  # not str.format: paths may hold braces
+        print(f"tuneforge: warning: {shown}", file=sys.stderr, flush=True)
 
 
 @hookimpl
@@ -63,20 +70,8 @@ def on_evaluation_end(run_dir: Path, name: str, results: dict[str, Any]) -> None
     """
     if not (Path(run_dir) / "report.html").is_file():
         return
-    try:
-        from tuneforge.plugins.report.html import build_report
-
-        report = build_report(Path(run_dir))
-        for warning in report.warnings:
-            print(f"tuneforge: warning: {warning}", file=sys.stderr, flush=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        print(
-            f"tuneforge: warning: {run_dir}/report.html could not be rebuilt "
-            f"({type(exc).__name__}: {first}); evaluation {name!r} is saved",
-            file=sys.stderr,
-            flush=True,
-        )
+    failed = f"{run_dir}/report.html could not be rebuilt ({{error}}); evaluation {name!r} is saved"
+    _build(Path(run_dir), None, failed)
 
 
 @hookimpl
