@@ -703,7 +703,8 @@ class ModelSpec:
     :param output_names: the class names, label names or target columns, in output order.
     :param inputs: what the task's preprocessing hands the model. The built-in tasks give:
         text tasks ``{"tokenizer": <transformers tokenizer>, "vocab_size": int,
-        "pad_token_id": int}``; image tasks ``{"channels": int, "base_dir": Path,
+        "pad_token_id": int, "max_length": int}`` (``max_length``: the tokens the tokenizer
+        keeps per example); image tasks ``{"channels": int, "base_dir": Path,
         "data_config": dict}`` (the transform's timm data config: input size, mean, std); tabular
         tasks ``{"n_numeric": int, "cardinalities": list[int]}`` (one per categorical column).
     """
@@ -749,6 +750,29 @@ class ModelBuilder(Component, abc.ABC):
     def on_epoch_start(self, model: Any, epoch: int) -> None:
         """Called before each training epoch (1-based) with the unwrapped model, e.g. to
         freeze or unfreeze layers. By default nothing."""
+
+    def fit_before_training(
+        self, model: Any, examples: dict[str, list[Any]], labels: np.ndarray, seed: int
+    ) -> None:
+        """Train ``model`` (just built by :meth:`build`) on the training split before the
+        training loop starts, e.g. setfit's contrastive phase and head initialisation. By
+        default nothing.
+
+        The task calls it from :meth:`Task.build_model` (the built-in text tasks do), with the
+        rows :meth:`Task.fit` got: the training split before balancing and augmentation, never
+        validation or test rows.
+
+        :param model: the model :meth:`build` returned; change it in place.
+        :param examples: input role -> one raw value per training row, after the run's
+            preprocessors (text tasks: ``{"text": [str, ...]}``, plus ``"text_pair"`` for
+            pairs).
+        :param labels: the dataset's ``labels`` for those rows (class ids, a rows x labels 0/1
+            matrix, or target values).
+        :param seed: ``trainer.seed``; draw every random choice from it.
+
+        Raise :class:`tuneforge.errors.ConfigError` naming the key for data the model cannot
+        use (e.g. text pairs).
+        """
 
 
 class Command(Component):

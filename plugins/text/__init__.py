@@ -81,6 +81,11 @@ def register_models(register: Register) -> None:
         f"{_PKG}.hf:HFSequenceClassification",
         "transformers AutoModelForSequenceClassification (BERT, RoBERTa, GPT-2, MiniLM...)",
     )
+    register(
+        "setfit",
+        f"{_PKG}.setfit_model:SetFit",
+        "SetFit: contrastive fine-tuning of a sentence-transformers body, then a head (setfit)",
+    )
 
 
 @hookimpl

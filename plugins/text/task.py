@@ -113,6 +113,10 @@ class TextTask(Task):
     ``spec.inputs = {"tokenizer", "vocab_size", "pad_token_id"}``."""
 
     roles: ClassVar[dict[str, str]] = {"text": "text", "text_pair": "text"}
+    #: The training rows :meth:`fit` got and ``trainer.seed`` (from :meth:`make_dataset`), for
+    #: :meth:`ModelBuilder.fit_before_training`.
+    _fit_rows: np.ndarray | None = None
+    _seed: int = 0
 
     class Config(StrictConfig):
         pass
@@ -208,14 +212,20 @@ class TextTask(Task):
         return key.str.lower().map(lambda s: _NORM.sub(" ", s).strip())
 
     # -- training -------------------------------------------------------------------------
+    def fit(self, data: TaskData, train_rows: np.ndarray) -> None:
+        """Keep the training rows for :meth:`ModelBuilder.fit_before_training`."""
+        super().fit(data, train_rows)
+        self._fit_rows = np.asarray(train_rows)
+
     def prepare(self) -> None:
         """The tokenizer of the model's checkpoint unless ``tokenizer.checkpoint`` names one."""
         from tuneforge.plugins.text.hf import HFSequenceClassification, HFTokenizer
+        from tuneforge.plugins.text.setfit_model import SetFit
 
         tokenizer, model_builder = self.tokenizer, self.model_builder
         tokenizer.setup(default_checkpoint=model_builder.checkpoint_path())
         if isinstance(tokenizer, HFTokenizer) and isinstance(
-            model_builder, HFSequenceClassification
+            model_builder, (HFSequenceClassification, SetFit)
         ):  # a longer max_length would overrun the position embeddings mid-training
             tokenizer.fit_to_model(model_builder.max_positions())
 
@@ -237,6 +247,7 @@ class TextTask(Task):
         frame = data.frame.loc[rows]
         texts, pairs = self._texts(frame, data.inputs, self.preprocessors)
         labels = self.encode_labels(data, rows)
+        self._seed = seed  # trainer.seed, for ModelBuilder.fit_before_training
         return TextDataset(texts, pairs, labels, self.tokenizer, augmenters, seed)
 
     def collate_fn(self, on_cuda: bool) -> Any:
@@ -244,13 +255,29 @@ class TextTask(Task):
 
     def model_inputs(self) -> dict[str, Any]:
         """``ModelSpec.inputs``: the transformers tokenizer, its vocabulary size and pad id."""
+        from tuneforge.plugins.text.hf import HFTokenizer
+
         tok = self.tokenizer.tokenizer
-        return {"tokenizer": tok, "vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
+        inputs = {"tokenizer": tok, "vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
+        if isinstance(self.tokenizer, HFTokenizer):
+            inputs["max_length"] = self.tokenizer.config.max_length
+        return inputs
 
     def build_model(self, data: TaskData) -> Any:
+        """The builder's model, then :meth:`ModelBuilder.fit_before_training` on the rows
+        :meth:`fit` kept (the training split, before balancing and augmentation)."""
         names = self.output_names(data)
         spec = ModelSpec(self.problem, len(names), names, self.model_inputs())
-        return self.model_builder.build(spec)
+        model = self.model_builder.build(spec)
+        rows = self._fit_rows
+        if rows is not None and len(rows):
+            texts, pairs = self._texts(data.frame.loc[rows], data.inputs, self.preprocessors)
+            examples: dict[str, list[Any]] = {"text": texts}
+            if pairs is not None:
+                examples["text_pair"] = pairs
+            labels = self.encode_labels(data, rows)
+            self.model_builder.fit_before_training(model, examples, labels, self._seed)
+        return model
 
     # -- artifacts ------------------------------------------------------------------------
     def save_artifacts(self, model: Any, folder: Path) -> None:
@@ -259,6 +286,7 @@ class TextTask(Task):
 
     def load_artifacts(self, folder: Path) -> Any:
         from tuneforge.plugins.text.hf import HFSequenceClassification, HFTokenizer, position_limit
+        from tuneforge.plugins.text.setfit_model import SetFit
 
         tokenizer, model_builder = self.tokenizer, self.model_builder
         tokenizer.load(str(folder), key=f"checkpoint {folder}")
@@ -267,6 +295,8 @@ class TextTask(Task):
             model_builder, HFSequenceClassification
         ):  # a transformers model: its config.json says its token limit
             tokenizer.fit_to_model(position_limit(model.config), warn=False)
+        if isinstance(tokenizer, HFTokenizer) and isinstance(model_builder, SetFit):
+            tokenizer.fit_to_model(model.body.max_seq_length, warn=False)  # what it trained on
         return model
 
     def predict_dataset(self, frame: pd.DataFrame, data_config: Any) -> TextDataset:
