@@ -7,10 +7,19 @@
    and seconds. ``0%`` rows show what is flagged before any noise is injected: the original
    labels have errors of their own, so precision against the injected rows is a lower bound.
    The baseline is ``argmax != given`` (flag every row the model disagrees with).
+   Then the same flips through the ``label-noise`` validator with frozen pretrained features
+   (issue 17.4): the packaged MiniLM sentence encoder's mean-pooled embeddings (``minilm-l6``,
+   the default model) + logistic regression, alone and averaged with TF-IDF (``features:
+   auto``, the validator's default when the model has a sentence encoder: 10 folds where the
+   classes allow, rule ``both``), against TF-IDF (``features: tfidf``, the default before:
+   5 folds, ``prune_by_noise_rate``); TF-IDF with rule ``both`` and embeddings alone show
+   where the gain comes from. F1 of the flagged rows against the flipped rows, and the gain
+   over TF-IDF. ``--datasets trec`` runs TREC only.
 2. MNIST and CIFAR-10 test sets with the published out-of-fold probabilities in
    ``pred_probs/``: how many rows each backend flags and whether they agree.
 
-Run: ``python bench/label_noise.py [--data ../shared/data] [--seed 0] [--folds 5]``.
+Run: ``python bench/label_noise.py [--data ../shared/data] [--seed 0] [--folds 5]
+[--datasets sms_spam,trec] [--no-embeddings] [--no-pred-probs]``.
 """
 
 from __future__ import annotations
@@ -28,8 +37,12 @@ import pandas as pd
 
 from tuneforge.data import TaskData
 from tuneforge.plugins.label_noise import (
+    EMBEDDING_METHOD,
+    LabelNoise,
     cleanlab_available,
     cleanlab_label_issues,
+    embedding_folds,
+    feature_oof_probabilities,
     find_label_issues,
     oof_probabilities,
 )
@@ -78,7 +91,83 @@ def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, flo
     return precision, recall
 
 
-def text_benchmarks(data: Path, seed: int, folds: int) -> None:
+def f1_score(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def encoder_task() -> object:
+    """A text-classification task bound to the default model (the packaged MiniLM), as a run
+    with ``model: hf-sequence-classification`` binds it: its frozen_features are the
+    validator's embeddings."""
+    from tuneforge.plugins.text.hf import HFSequenceClassification, HFTokenizer
+    from tuneforge.plugins.text.task import TextClassificationTask
+
+    task = TextClassificationTask()
+    task.name = "text-classification"
+    task.bind(HFTokenizer(), HFSequenceClassification(), [])
+    return task
+
+
+def embedding_benchmarks(data: Path, seed: int, folds: int, names: list[str]) -> None:
+    """TF-IDF against frozen MiniLM embeddings, through the validator, at 5% and 10% flips."""
+    backend = "cleanlab" if "cleanlab" in BACKENDS else "tuneforge"
+    header = (
+        f"{'dataset':<9} {'noise':>5} {'flipped':>7} {'probabilities (rule)':<44} {'flagged':>7} "
+        f"{'precision':>9} {'recall':>6} {'F1':>6} {'F1 gain':>7} {'seconds':>7}"
+    )
+    print(f"frozen features: validator backend {backend}")
+    print(header)
+    print("-" * len(header))
+    loaders = {"sms_spam": load_sms, "trec": load_trec}
+    for name in names:
+        texts, raw = loaders[name](data)
+        classes = sorted(set(raw))
+        clean = np.array([classes.index(x) for x in raw])
+        task = encoder_task()
+        t0 = time.perf_counter()
+        task.frozen_features(task_data(texts, clean, classes, name), np.arange(len(texts)))
+        embed_s = time.perf_counter() - t0
+        print(f"{name}: {len(texts)} texts embedded by minilm-l6 in {embed_s:.1f} s (cached)")
+        for rate in (0.05, 0.10):
+            noisy, flipped = flip_labels(clean, len(classes), rate, seed)
+            td = task_data(texts, noisy, classes, name)
+            rows: list[tuple[str, np.ndarray, float]] = []
+            for label, cfg in (
+                ("TF-IDF, 5-fold (prune_by_noise_rate)", {"features": "tfidf", "folds": folds}),
+                ("MiniLM + TF-IDF: features auto (both)", {}),
+            ):
+                validator = LabelNoise(LabelNoise.Config(backend=backend, seed=seed, **cfg))
+                t0 = time.perf_counter()
+                found = validator.check(td, task)
+                rows.append((label, np.asarray(found[0].rows, dtype=int), time.perf_counter() - t0))
+            k = embedding_folds(noisy, folds)
+            t0 = time.perf_counter()
+            tfidf = oof_probabilities(td, folds=folds, seed=seed)
+            both = find_label_issues(noisy, tfidf, "both")
+            rows.append(("TF-IDF, 5-fold (both)", both, time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            feats = task.frozen_features(td, np.arange(len(texts)))
+            probs, _ = feature_oof_probabilities(td, feats, k, seed)
+            rows.append(
+                (
+                    f"MiniLM alone, {k}-fold ({EMBEDDING_METHOD})",
+                    find_label_issues(noisy, probs, EMBEDDING_METHOD),
+                    time.perf_counter() - t0,
+                )
+            )
+            base_f1 = None
+            for label, flagged, secs in rows:
+                p, r = precision_recall(flagged, flipped)
+                f1 = f1_score(p, r)
+                base_f1 = f1 if base_f1 is None else base_f1
+                print(
+                    f"{name:<9} {rate:>5.0%} {len(flipped):>7} {label:<44} {len(flagged):>7} "
+                    f"{p:9.3f} {r:6.3f} {f1:6.3f} {f1 - base_f1:+7.3f} {secs:>7.1f}"
+                )
+        print()
+
+
+def text_benchmarks(data: Path, seed: int, folds: int, names: list[str]) -> None:
     header = (
         f"{'dataset':<9} {'noise':>5} {'flipped':>7} {'method':<22} {'flagged':>7} "
         f"{'precision':>9} {'recall':>6} {'oof s':>6} {'detect s':>8}"
@@ -86,6 +175,8 @@ def text_benchmarks(data: Path, seed: int, folds: int) -> None:
     print(header)
     print("-" * len(header))
     for name, loader in (("sms_spam", load_sms), ("trec", load_trec)):
+        if name not in names:
+            continue
         texts, raw = loader(data)
         classes = sorted(set(raw))
         clean = np.array([classes.index(x) for x in raw])
@@ -163,7 +254,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--datasets", default="sms_spam,trec", help="comma-separated")
+    parser.add_argument("--no-embeddings", action="store_true", help="skip the MiniLM part")
+    parser.add_argument("--no-tfidf", action="store_true", help="skip the TF-IDF backends part")
+    parser.add_argument("--no-pred-probs", action="store_true", help="skip MNIST/CIFAR-10")
     args = parser.parse_args()
+    names = [n for n in args.datasets.split(",") if n]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import sklearn
 
     cl = version("cleanlab") if "cleanlab" in BACKENDS else "not installed"
@@ -172,8 +270,11 @@ def main() -> None:
         f"{cl}, scikit-learn {sklearn.__version__}, {platform.machine()}, {os.cpu_count()} CPUs "
         f"(load {os.getloadavg()[0]:.1f}), seed {args.seed}, {args.folds}-fold TF-IDF + logistic regression, prune_by_noise_rate\n"
     )
-    text_benchmarks(args.data, args.seed, args.folds)
-    if len(BACKENDS) == 2:
+    if not args.no_tfidf:
+        text_benchmarks(args.data, args.seed, args.folds, names)
+    if not args.no_embeddings:
+        embedding_benchmarks(args.data, args.seed, args.folds, names)
+    if len(BACKENDS) == 2 and not args.no_pred_probs:
         pred_probs_benchmarks(args.data)
 
 

@@ -144,6 +144,20 @@ def build_parser(extra_commands: dict[str, Any] | None = None) -> argparse.Argum
         default=None,
         help="where to write predictions (default RUN/predictions/<input>.csv)",
     )
+    p.add_argument(
+        "--engine",
+        choices=("torch", "onnx", "onnx-int8"),
+        default="torch",
+        help="torch: the checkpoint (default); onnx / onnx-int8: the run's ONNX export "
+        "(tuneforge export RUN --format onnx [--quantize int8]) with onnxruntime on the CPU",
+    )
+    p.add_argument(
+        "--onnx-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the export folder for --engine onnx (default RUN/onnx)",
+    )
     _add_plugin_args(p)
 
     p = sub.add_parser(
@@ -302,7 +316,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     # A FIFO or a device is refused before it is opened (the task decides about folders).
     check_data_path(args.input, "input file", folder_ok=True)
-    predict(args.run_dir, args.input, args.output, Console(), args.disable_plugin, args.plugin)
+    predict(
+        args.run_dir,
+        args.input,
+        args.output,
+        Console(),
+        args.disable_plugin,
+        args.plugin,
+        engine=args.engine,
+        onnx_dir=args.onnx_dir,
+    )
     return 0
 
 

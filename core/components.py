@@ -294,6 +294,27 @@ class Metric(Component):
         """
         raise NotImplementedError
 
+    def resampled(
+        self,
+        y_true: np.ndarray,
+        y_pred: np.ndarray,
+        y_score: np.ndarray | None,
+        rows: np.ndarray,
+    ) -> np.ndarray | None:
+        """The metric on a block of bootstrap resamples of a split at once, for the test
+        metrics' intervals (:mod:`tuneforge.bootstrap`); optional, for speed.
+
+        :param y_true: the whole split's labels, as :meth:`__call__` takes them.
+        :param y_pred: the whole split's predictions.
+        :param y_score: the whole split's scores, or None.
+        :param rows: resamples x rows indices into the split (drawn with replacement): row
+            ``b`` is resample ``b``.
+        :returns: one value per resample (NaN where undefined), equal to :meth:`__call__` on
+            ``(y_true[rows[b]], y_pred[rows[b]], y_score[rows[b]])``; None (the default): the
+            bootstrap calls :meth:`__call__` on each resample instead.
+        """
+        return None
+
     def check_data(self, data: TaskData) -> None:
         """Raise :class:`tuneforge.errors.UserError` when the metric is undefined on ``data``.
 
@@ -422,7 +443,10 @@ class Task(Component, abc.ABC):
     :meth:`make_dataset` (test), :meth:`baselines`, :meth:`test_details` and
     :meth:`prediction_frame`. ``tuneforge predict`` calls :meth:`bind`, :meth:`load_inputs`, :meth:`load_artifacts`,
     :meth:`predict_dataset`, :meth:`collate_fn`, :meth:`predictions` and
-    :meth:`prediction_columns`.
+    :meth:`prediction_columns` (with ``--engine onnx`` the exported model takes the torch
+    model's place); ``tuneforge export`` calls :meth:`load_artifacts`, :meth:`make_dataset`
+    (test), :meth:`collate_fn`, :meth:`export_axes`, :meth:`export_preprocessing` and
+    :meth:`predictions`.
 
     The problem kind's part (label encoding, loss, predictions, baselines, prediction columns,
     stratification key, class counts) comes from a shared base the built-in tasks compose:
@@ -641,6 +665,21 @@ class Task(Component, abc.ABC):
         By default none."""
         return {}
 
+    def frozen_features(self, data: TaskData, rows: np.ndarray) -> np.ndarray | None:
+        """Frozen pretrained features of ``rows`` (row labels of ``data``): a float32 array,
+        one row per entry of ``rows`` (in that order) x feature dimensions, from the pretrained
+        encoder the run's model starts from (:attr:`model_builder`), with no training. None (the
+        default) when the model has no such encoder.
+
+        The built-in text tasks give the mean-pooled, L2-normalised embeddings of the model's
+        sentence encoder (:meth:`ModelBuilder.sentence_encoder`); the image tasks the pooled
+        backbone features of the model's pretrained weights on the evaluation transform.
+        Used by the ``label-noise`` validator (on every row, before the split) and the
+        embedding baseline (:meth:`baselines`); an implementation caches them per task
+        instance so that the second call costs nothing.
+        """
+        return None
+
     def test_details(
         self, data: TaskData, rows: np.ndarray, logits: Any, labels: Any
     ) -> dict[str, Any]:
@@ -690,6 +729,40 @@ class Task(Component, abc.ABC):
         """The model saved by :meth:`save_artifacts` in ``folder`` (restoring the tokenizer
         and task state too). Raise :class:`tuneforge.errors.UserError` naming ``folder`` when
         it is not such a checkpoint."""
+
+    # -- export -----------------------------------------------------------------------------
+    def export_axes(self, batch: dict[str, Any]) -> dict[str, dict[int, str]]:
+        """The dimensions of each model input that vary between batches, for an exported
+        model (``tuneforge export``): input name -> ``{dimension: axis name}``; inputs that
+        share an axis name have the same size along it. By default the first dimension of
+        every input, ``"batch"``; the text tasks add the second, ``"sequence"``.
+
+        :param batch: a batch of the task's ``collate_fn``, without ``labels`` and
+            ``sample_weight``: the model's inputs, by name, as the exported model takes them.
+        """
+        return {name: {0: "batch"} for name in batch}
+
+    def export_preprocessing(self, folder: Path, out: Path) -> dict[str, Any]:
+        """Copy into the export folder ``out`` what predicting with the exported model needs
+        beside it, from the best checkpoint ``folder``: the tokenizer files, the transform's
+        or the feature preprocessing's parameters, ``calibration.json``, ``thresholds.json``.
+        Returns the preprocessing settings the copied files do not hold (e.g. the tokenizer's
+        ``max_length``), recorded in the export's ``export.json`` under ``preprocessing``.
+
+        By default every file of ``folder`` but the model weights (``*.safetensors``,
+        ``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.onnx``), keeping sub-folders, and no
+        settings.
+        """
+        import shutil
+        from pathlib import Path  # only a type name at module level
+
+        weights = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx"}
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file() and path.suffix not in weights:
+                target = Path(out) / path.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+        return {}
 
 
 @dataclass
@@ -745,6 +818,14 @@ class ModelBuilder(Component, abc.ABC):
     def checkpoint_path(self) -> str | None:
         """The local folder or file of the pretrained weights the model starts from, or None
         (random initialisation, the default). Tasks use it to load the matching tokenizer."""
+        return None
+
+    def sentence_encoder(self) -> str | None:
+        """The local folder of a pretrained sentence encoder the model starts from: a
+        sentence-transformers style checkpoint whose embeddings are the attention-masked mean
+        of its last hidden states (``modules.json`` / ``sentence_bert_config.json``, loadable
+        with transformers ``AutoModel``), or None (the default) when the model starts from no
+        such encoder. Text tasks embed with it for :meth:`Task.frozen_features`."""
         return None
 
     def on_epoch_start(self, model: Any, epoch: int) -> None:

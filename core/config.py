@@ -351,6 +351,22 @@ class OutputConfig(Strict):
     overwrite: bool = False
 
 
+class EvaluationConfig(Strict):
+    """How the test metrics are reported (``evaluation:``)."""
+
+    bootstrap: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        strict=True,
+        description="bootstrap resamples of the test rows for each test metric's interval "
+        "(metrics.json test_intervals); 0: no intervals",
+    )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="coverage of the bootstrap intervals (0.95: 95%)"
+    )
+
+
 class PluginsConfig(Strict):
     disable: list[str] = Field(default_factory=list, description="plugin names not to load")
     local: list[str] = Field(
@@ -464,6 +480,7 @@ class RunConfig(Strict):
     callbacks: list[ComponentRef] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @field_validator(
         "validators", "augmenters", "preprocessors", "metrics", "callbacks", mode="before"

@@ -30,7 +30,7 @@ EVALUATIONS_DIR = "evaluations"
 #: The files of one evaluation.
 RESULTS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.csv"
 #: Keys of an evaluation's ``metrics.json`` that are not metrics.
-INFO_KEYS = ("name", "input", "rows", "details", "notes")
+INFO_KEYS = ("name", "input", "rows", "details", "notes", "intervals", "interval_method")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
@@ -171,6 +171,9 @@ def evaluate(
         run_dir, cfg, task, lambda: task.make_dataset(data, rows, [], cfg.trainer.seed), log
     )
     results: dict[str, Any] = metric_values(task, metrics, logits, y, task.loss_fn(None))
+    from tuneforge.bootstrap import split_intervals  # bootstrap intervals of the metrics
+
+    found = split_intervals(task, metrics, logits, y, cfg.evaluation, cfg.trainer.seed)
     baselines, notes = _baselines(run_dir, cfg, task, data, labels, metrics)
     results.update(baselines)
     results.update(
@@ -182,6 +185,9 @@ def evaluate(
             "notes": notes,
         }
     )
+    if found:
+        results["intervals"] = found["test_intervals"]
+        results["interval_method"] = found["test_interval_method"]
     _save(run_dir / EVALUATIONS_DIR / name, results, task.prediction_frame(data, rows, logits, y))
     pm.hook.on_evaluation_end(run_dir=run_dir, name=name, results=results)
     return results
@@ -249,7 +255,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     ]
     values = {k: v for k, v in results.items() if k not in INFO_KEYS}
     width = max((len(k) for k in values), default=0)
-    lines += [f"  {k:<{width}}  {_num(v)}" for k, v in values.items()]
+    from tuneforge.bootstrap import interval_text
+
+    ci = results.get("intervals") or {}
+    lines += [f"  {k:<{width}}  {_num(v)}{interval_text(ci.get(k))}" for k, v in values.items()]
     details = results.get("details") or {}
     table = details.get("per_class") or details.get("per_label")
     if isinstance(table, list) and table:

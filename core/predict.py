@@ -22,16 +22,26 @@ def predict(
     log: Log,
     disable: list[str] = (),
     local: list[str] = (),
+    engine: str = "torch",
+    onnx_dir: Path | None = None,
 ) -> Path:
     """Load a run's checkpoint and write predictions for ``input_path``.
 
     A run that did not complete (a ``.failed-`` or ``.partial-`` folder) is used with a warning
     on stderr naming its best checkpoint so far; one without a checkpoint is refused. The
-    output is checked before any work and written atomically.
+    output is checked before any work and written atomically. ``engine`` ``onnx`` (or
+    ``onnx-int8``) runs the run's ONNX export in ``onnx_dir`` (default ``RUN/onnx``) with
+    onnxruntime instead of the torch model (:mod:`tuneforge.onnx_engine`); the logits go to
+    the same task methods.
     """
     from tuneforge.data import check_output_file, write_table
 
     best_checkpoint(run_dir)  # refuse a run without one (or warn) before any work
+    model_file = None
+    if engine != "torch":  # a missing or stale export is refused before any work too
+        from tuneforge.onnx_engine import exported_model
+
+        model_file = exported_model(run_dir, onnx_dir, engine)
     if output is None:
         output = run_dir / "predictions" / f"{input_path.stem}.csv"
     check_output_file(output, "--output", source=input_path)  # before the model is loaded
@@ -41,9 +51,13 @@ def predict(
     frame = task.load_inputs(input_path, cfg.data)
     if len(frame) == 0:
         raise DataError(f"{input_path}: no data rows to predict on (only a header?)")
-    logits, _ = model_outputs(
-        run_dir, cfg, task, lambda: task.predict_dataset(frame, cfg.data), log
-    )
+    dataset = lambda: task.predict_dataset(frame, cfg.data)  # noqa: E731
+    if model_file is None:
+        logits, _ = model_outputs(run_dir, cfg, task, dataset, log)
+    else:
+        from tuneforge.onnx_engine import onnx_outputs
+
+        logits = onnx_outputs(run_dir, model_file, cfg, task, dataset)
     columns = task.prediction_columns(logits, labels, labels_path)
     out = frame.copy()
     for name in columns.columns:

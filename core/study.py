@@ -31,6 +31,7 @@ from tuneforge.training import (
     end_run,
     finish,
     model_label,
+    resource_info,
     train,
 )
 
@@ -338,6 +339,7 @@ def _commit_trial(
     try:
         folder.write_json("metrics.json", outcome.train_metrics)
         info = {"status": "trained", "trial": trial.number, "params": trial.params}
+        info.update(resource_info(outcome.training))  # trainable parameters, peak memory
         outcome.context.run_dir = folder.commit(info, keep_lock=True)
     except BaseException as exc:
         end_run(trial_prep, outcome.context, {}, "failed")

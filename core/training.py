@@ -126,6 +126,8 @@ class TrainingRun:
     val_set: Any = None
     collate: Any = None
     eval_loss: Any = None
+    #: Trainable and all parameters of the built model (``run.json``, the report).
+    parameters: dict[str, Any] | None = None
 
     @property
     def ckpt(self) -> Path:
@@ -289,6 +291,9 @@ def fit_model(run: TrainingRun, resume: Path | None) -> Outcome:
     run.collate = task.collate_fn(run.trainer.on_cuda)
     train_set, train_collate = weighted(run, train_set)
     model = task.build_model(data)
+    run.parameters = parameter_info(model)
+    n, total = run.parameters["trainable_parameters"], run.parameters["parameters"]
+    run.log(f"model: {n:,} of {total:,} parameters trainable ({100 * n / max(total, 1):.2f}%)")
     loss_fn = task.loss_fn(plan.class_weights, focal_gamma=plan.focal_gamma)
     run.eval_loss = task.loss_fn(None)
     # Set-up is over (tokenizer, datasets, model, loss): a failure before this point, such as
@@ -447,6 +452,12 @@ def evaluate_test(run: TrainingRun, train_metrics: dict[str, Any]) -> tuple[dict
     details = task.test_details(data, split.test, logits, labels)  # e.g. per label
     if details:
         train_metrics["test_details"] = details
+    from tuneforge.bootstrap import split_intervals  # bootstrap intervals of the metrics
+
+    cfg = prep.config
+    train_metrics.update(
+        split_intervals(task, prep.metrics, logits, labels, cfg.evaluation, cfg.trainer.seed)
+    )
     run.hook.on_evaluate(run=run.ctx, split="test", metrics=metrics)
     return metrics, task.prediction_frame(data, split.test, logits, labels)
 
@@ -496,6 +507,32 @@ def run_info(prep: Prepared, started: float) -> dict[str, Any]:
     }
 
 
+def parameter_info(model: Any) -> dict[str, Any]:
+    """Trainable and all parameter counts of ``model`` and the trainable share."""
+    trainable = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    share = trainable / total if total else 0.0
+    return {"trainable_parameters": trainable, "parameters": total, "trainable_share": share}
+
+
+def resource_info(training: TrainingRun | None) -> dict[str, Any]:
+    """``run.json``'s parameter counts and peak memory: the process's peak RSS (MB) and, on
+    CUDA, the peak of allocated GPU memory (MB)."""
+    import resource
+    import sys
+
+    import torch
+
+    info: dict[str, Any] = dict(training.parameters or {}) if training is not None else {}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    info["peak_rss_mb"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        info["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return info
+
+
 def finish(
     outcome: Outcome,
     prep: Prepared,
@@ -534,7 +571,8 @@ def finish(
                     "time": time.time(),
                 }
             )
-        final = folder.commit(run_info(prep, started), keep_lock=True)
+        info = {**run_info(prep, started), **resource_info(outcome.training)}
+        final = folder.commit(info, keep_lock=True)
     except BaseException:
         end_run(prep, outcome.context, {}, "failed")
         raise
@@ -543,8 +581,13 @@ def finish(
         end_run(prep, outcome.context, test, "completed")
     finally:
         folder.release()
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in test.items())
+    from tuneforge.bootstrap import interval_text
+
+    ci = metrics.get("test_intervals") or {}
+    shown = "  ".join(f"{k} {v:.4f}{interval_text(ci.get(k))}" for k, v in test.items())
     log.result(f"test: {shown}")
+    gpu = info.get("peak_gpu_memory_mb")
+    log(f"peak memory: RSS {info['peak_rss_mb']:,.0f} MB" + (f", GPU {gpu:,.0f} MB" if gpu else ""))
     for line in metrics.get("recommendations", []):
         log.result(f"recommendation: {line}")
     log.result(f"member {member}: completed" if member else f"run folder: {final}")

@@ -296,6 +296,107 @@ class ImbalanceHarm(Advisor):
         return [Diagnosis("imbalance", evidence, patch, reasons)]
 
 
+class SmallData(Advisor):
+    """Classes with few training examples: fine-tuning a whole encoder on them is the weak
+    choice. Proposes the setfit model (contrastive fine-tuning, then a head), the embedding
+    model (setfit with a frozen encoder: frozen embeddings + a trained head) when the run's
+    embedding baseline matched or beat the fine-tuned model on validation, or LoRA (few
+    trainable parameters) for a non-text pretrained model; the evidence names the class counts
+    and the validation scores. Judges on the training split's counts and validation scores.
+    For text it needs the run's embedding baseline (a model that starts from a sentence
+    encoder): without one it stays quiet."""
+
+    class Config(StrictConfig):
+        min_class: int = Field(
+            50, ge=1, description="fires when the smallest training class has fewer examples"
+        )
+        median_class: int = Field(
+            100, ge=1, description="or when the median training class has fewer examples"
+        )
+
+    @staticmethod
+    def _embedding_val(run: Any) -> tuple[str, float, float] | None:
+        """``(metric, embedding baseline val, model val)`` on the headline metric, if known."""
+        record = ((run.metrics.get("test_details") or {}).get("embedding_baseline")) or {}
+        base, model = record.get("val") or {}, run.metrics.get("val") or {}
+        shared = [m for m in base if isinstance(model.get(m), int | float)]
+        if not shared:
+            return None
+        wanted = run.monitor.removeprefix("val.")
+        metric = wanted if wanted in shared else shared[0]
+        return metric, float(base[metric]), float(model[metric])
+
+    def diagnose(self, run: Any) -> list[Diagnosis]:
+        counts = (run.split.get("class_counts") or {}).get("train") or {}
+        sizes = {str(c): int(n) for c, n in counts.items() if int(n) > 0}
+        if len(sizes) < 2:
+            return []
+        smallest = min(sizes, key=lambda c: sizes[c])
+        median = statistics.median(sizes.values())
+        cfg = self.config
+        if sizes[smallest] >= cfg.min_class and median >= cfg.median_class:
+            return []
+        evidence = (
+            f"few training examples per class: the smallest, {smallest!r}, has {sizes[smallest]}"
+            f" (threshold {cfg.min_class}), the median {median:g} (threshold "
+            f"{cfg.median_class}) over {len(sizes)} classes"
+        )
+        model = _section(run, "model")
+        name = model.get("name") or "hf-sequence-classification"
+        compared = self._embedding_val(run)
+        if "text" in run.modalities and compared is None:
+            return []  # no measured sentence encoder: nothing says a frozen one would do
+        if "text" not in run.modalities and not _pretrained(run):
+            return []  # a model trained from scratch: LoRA has nothing to adapt
+        beat = False
+        if compared is not None:
+            metric, base, own = compared
+            greater = not metric.endswith("loss") and metric != "hamming_loss"
+            beat = base >= own if greater else base <= own
+            evidence += (
+                f"; the embedding baseline (frozen embeddings + logistic regression) scored val "
+                f"{metric} {base:.4f} against the fine-tuned model's {own:.4f}"
+            )
+        lora = {"method": "lora", "r": 8}
+        patch: dict[str, Any] = {}
+        reasons: dict[str, str] = {}
+        if "text" in run.modalities and name != "setfit":
+            proposal: dict[str, Any] = {"name": "setfit"}
+            if compared is not None and model.get("checkpoint"):
+                proposal["checkpoint"] = model["checkpoint"]  # the baseline's sentence encoder
+            if beat:
+                proposal["freeze_body"] = True
+                why = (
+                    "the embedding model (setfit with a frozen encoder): frozen embeddings + a "
+                    "trained head already did as well as fine-tuning here, at a fraction of "
+                    "the cost; or model: {name: setfit} to fine-tune contrastively"
+                )
+            else:
+                why = (
+                    "setfit: contrastive fine-tuning on pairs of examples needs few per class "
+                    "(SetFit, 8 per class competitive with full fine-tuning on thousands); or "
+                    "model.peft: {method: lora, r: 8}, or model: {name: setfit, "
+                    "freeze_body: true} for frozen embeddings + a head"
+                )
+            patch["model"], reasons["model"] = proposal, why
+        elif name == "setfit" and beat and not model.get("freeze_body"):
+            patch["model.freeze_body"] = True
+            reasons["model.freeze_body"] = (
+                "the frozen encoder's embeddings did as well as fine-tuning it: keep it frozen"
+            )
+        elif (
+            name != "setfit" and "peft" in run.fields.get("model", set()) and not model.get("peft")
+        ):
+            patch["model.peft"] = lora
+            reasons["model.peft"] = (
+                "LoRA: a few low-rank adapter weights train instead of the whole network, which "
+                "a small training split cannot pin down"
+            )
+        if not patch:
+            return [Diagnosis("small-data", evidence, severity="info")]
+        return [Diagnosis("small-data", evidence, patch, reasons)]
+
+
 class DataProblems(Advisor):
     """Label noise that was only reported, and examples leaking between the splits."""
 
@@ -389,6 +490,7 @@ def register_advisors(register: Register) -> None:
     register("overfitting", Overfitting, "val loss rises while train loss falls -> regularise")
     register("imbalance", ImbalanceHarm, "minority classes recalled worse -> balance")
     register("underfitting", Underfitting, "little learning or still improving -> lr, epochs")
+    register("small-data", SmallData, "few examples per class -> setfit, LoRA, embedding model")
 
 
 @hookimpl

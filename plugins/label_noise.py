@@ -1,8 +1,10 @@
 """Label noise by confident learning (Northcutt, Jiang & Chuang, JAIR 2021).
 
 The ``label-noise`` validator finds rows whose given label is probably wrong. It needs
-out-of-fold predicted class probabilities: either a fast model fitted here with scikit-learn
-cross-validation (text: TF-IDF + logistic regression) or a ``.npy`` file the user supplies.
+out-of-fold predicted class probabilities: a model fitted here with scikit-learn
+cross-validation (by default, when the run's model has a pretrained encoder, logistic regression
+on its frozen features, :meth:`Task.frozen_features`, averaged with TF-IDF for text; otherwise
+text: TF-IDF + logistic regression) or a ``.npy`` file the user supplies.
 From them, confident learning estimates the joint distribution of given and true labels and
 prunes, for each pair (given ``i``, true ``j``), the ``n_ij`` rows labelled ``i`` whose
 probability of ``j`` most exceeds that of ``i``. Flagged rows are ranked by self-confidence
@@ -391,6 +393,95 @@ def oof_probabilities_with_source(
     return out, f"{folds}-fold {description}"
 
 
+# -- out-of-fold probabilities from frozen pretrained features -----------------------------
+
+#: ``features`` choices: ``auto`` (embeddings when the run's model has a pretrained encoder,
+#: with TF-IDF for text), ``tfidf`` (the fast model: TF-IDF for text, the task's own
+#: features for other inputs), ``embeddings`` (frozen features alone), ``embeddings+tfidf``.
+Features = Literal["auto", "tfidf", "embeddings", "embeddings+tfidf"]
+#: Inverse regularisation of the logistic regression on (L2-normalised) frozen features.
+EMBEDDING_C = 1.0
+#: Cross-validation folds with frozen features unless ``folds`` is set: as many as the
+#: smallest class allows, up to this (cheap fits; more training rows per fold).
+EMBEDDING_FOLDS = 10
+#: The confident-learning rule with frozen features unless ``method`` is set: ``both`` flags
+#: a row only when prune-by-noise-rate and prune-by-class both do (fewer false alarms).
+EMBEDDING_METHOD = "both"
+
+
+def embedding_folds(labels: np.ndarray, folds: int) -> int:
+    """``EMBEDDING_FOLDS``, fewer when a class has fewer rows, never fewer than ``folds``."""
+    import numpy as np
+
+    counts = np.bincount(labels)
+    fewest = int(counts[counts > 0].min()) if len(labels) else 0
+    return max(folds, min(EMBEDDING_FOLDS, fewest))
+
+
+def feature_oof_probabilities(
+    data: TaskData,
+    features: np.ndarray,
+    folds: int = EMBEDDING_FOLDS,
+    seed: int = 0,
+    with_tfidf: bool = False,
+) -> tuple[np.ndarray, str]:
+    """Out-of-fold class probabilities from frozen pretrained ``features`` (one row per row
+    of ``data.frame``): rows L2-normalised, ``LogisticRegression(C=EMBEDDING_C)``, predicted
+    with ``cross_val_predict`` over ``StratifiedKFold(folds, shuffle=True,
+    random_state=seed)``. With ``with_tfidf`` (text inputs) the TF-IDF model's out-of-fold
+    probabilities on the same folds are averaged in: the embeddings carry the meaning, the
+    n-grams the wording (TREC's question words), and each corrects the other's mistakes.
+    Returns the probabilities (columns follow ``data.classes``) and a description.
+
+    :raises LabelNoiseError: as :func:`oof_probabilities`.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from threadpoolctl import threadpool_limits
+
+    where = data.source
+    prefix = f"{where}: " if where else ""
+    if data.classes is None or data.target is None:
+        raise LabelNoiseError(f"{prefix}label-noise: needs a classification task with labels")
+    if data.frame[data.target].isna().any():
+        raise LabelNoiseError(f"{prefix}label-noise: some rows have no label; drop them first")
+    labels = data.label_ids()
+    check_folds(labels, data.classes, folds, where)
+    x = np.asarray(features, dtype=np.float64)
+    if x.shape[0] != len(labels):
+        raise ValueError(f"features have {x.shape[0]} rows for {len(labels)} data rows")
+    x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    model = LogisticRegression(C=EMBEDDING_C, max_iter=2000)
+    description = f"frozen {x.shape[1]}-d embeddings + logistic regression"
+    with threadpool_limits(limits=1):  # see oof_probabilities_with_source
+        probs = cross_val_predict(model, x, labels, cv=cv, method="predict_proba")
+        if with_tfidf:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+            from sklearn.pipeline import Pipeline
+
+            tfidf = Pipeline(
+                [
+                    ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
+                    ("clf", LogisticRegression(max_iter=1000)),
+                ]
+            )
+            try:
+                lexical = cross_val_predict(
+                    tfidf, _texts(data), labels, cv=cv, method="predict_proba"
+                )
+            except ValueError as exc:  # "empty vocabulary": the embeddings alone
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                description += f" (TF-IDF left out: {first})"
+            else:
+                probs = (probs + lexical) / 2
+                description += ", averaged with TF-IDF + logistic regression"
+    out = np.zeros((len(labels), len(data.classes)))
+    out[:, np.unique(labels)] = probs
+    return out, f"{folds}-fold {description}"
+
+
 # -- the validator -------------------------------------------------------------------------
 
 
@@ -447,9 +538,13 @@ class LabelNoise(Validator):
 
     Probabilities come from ``pred_probs`` (a ``.npy`` file, shape ``(rows, classes)`` in the
     data file's row order and ``labels.json`` class order; a relative path is resolved
-    against the working directory) or, for text tasks, from TF-IDF + logistic regression
-    (tasks with ``label_noise_inputs``, e.g. tabular: their own fast model)
-    fitted with ``folds``-fold stratified cross-validation. The backend is cleanlab when it is
+    against the working directory) or from a model fitted with stratified cross-validation:
+    with ``features: auto`` (the default), logistic regression on the frozen features of the
+    run's pretrained encoder (:meth:`Task.frozen_features`: sentence embeddings, averaged with
+    TF-IDF for text; timm pooled features for images), 10 folds where the classes allow and
+    the rule ``both`` unless ``folds`` / ``method`` are set; without such an encoder (or with
+    ``features: tfidf``) TF-IDF + logistic regression for text (tasks with
+    ``label_noise_inputs``, e.g. tabular: their own fast model), ``folds``-fold. The backend is cleanlab when it is
     installed (``auto``) or tuneforge's own implementation; both flag the same rows.
 
     Policies: ``warn`` reports; ``drop`` removes the flagged rows; ``fail`` stops the run;
@@ -476,6 +571,13 @@ class LabelNoise(Validator):
             "order); fitted here when not given",
         )
         max_report: int = Field(20, ge=0, description="rows described in the finding's details")
+        features: Features = Field(
+            "auto",
+            description="what the out-of-fold model reads: auto (the frozen pretrained "
+            "encoder's features when the run's model has one, with TF-IDF for text; else "
+            "tfidf), tfidf (TF-IDF for text, the task's own features otherwise), embeddings, "
+            "embeddings+tfidf",
+        )
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -506,19 +608,26 @@ class LabelNoise(Validator):
                 )
             ]
         labels = labelled.label_ids()
+        method = cfg.method
         if cfg.pred_probs is not None:
             path = Path(cfg.pred_probs).expanduser().resolve()
             probs = load_pred_probs(path, labelled)
             source = f"probabilities from {path}"
         else:
-            probs, source = oof_probabilities_with_source(labelled, task, cfg.folds, cfg.seed)
-        ranked, backend = backend_label_issues(labels, probs, cfg.method, cfg.backend)
+            found = self._feature_probabilities(labelled, task)
+            if found is not None:
+                probs, source = found
+                if "method" not in cfg.model_fields_set:
+                    method = EMBEDDING_METHOD
+            else:
+                probs, source = oof_probabilities_with_source(labelled, task, cfg.folds, cfg.seed)
+        ranked, backend = backend_label_issues(labels, probs, method, cfg.backend)
         index = labelled.frame.index.to_numpy()
         rows = [int(index[r]) for r in ranked]
         how = f"confident learning, {backend} backend, {source}"
         details: dict[str, Any] = {
             "backend": backend,
-            "method": cfg.method,
+            "method": method,
             "probabilities": source,
             "rows_checked": len(labels),
             "flagged": len(rows),
@@ -566,6 +675,42 @@ class LabelNoise(Validator):
                 weights=weights,
             )
         ]
+
+    def _feature_probabilities(self, data: TaskData, task: Any) -> tuple[np.ndarray, str] | None:
+        """Out-of-fold probabilities from the task's frozen pretrained features
+        (:meth:`Task.frozen_features`) as ``features`` asks, or None for the TF-IDF path."""
+        from tuneforge.components import Task
+
+        cfg = self.config
+        if cfg.features == "tfidf":
+            return None
+        text = sorted({data.modalities.get(r, "unknown") for r in data.inputs}) == ["text"]
+        if cfg.features == "embeddings+tfidf" and not text:
+            raise LabelNoiseError(
+                f"{data.source + ': ' if data.source else ''}label-noise: features: "
+                "embeddings+tfidf needs text inputs; use embeddings"
+            )
+        labels = data.label_ids() if data.classes is not None else None
+        folds = cfg.folds
+        if labels is not None and "folds" not in cfg.model_fields_set:
+            folds = embedding_folds(labels, cfg.folds)
+        if labels is not None:  # before the features: they take a while
+            check_folds(labels, data.classes or [], folds, data.source)
+        rows = data.frame.index.to_numpy()
+        feats = task.frozen_features(data, rows) if isinstance(task, Task) else None
+        if feats is None:
+            if cfg.features == "auto":
+                return None
+            builder = task.model_builder if isinstance(task, Task) else None
+            named = f" ({type(builder).__name__})" if builder is not None else ""
+            raise LabelNoiseError(
+                f"{data.source + ': ' if data.source else ''}label-noise: features: "
+                f"{cfg.features} needs a model that starts from a pretrained encoder; the run's "
+                f"model{named} has none (a sentence-transformers checkpoint for text, timm "
+                "weights for images); use features: tfidf"
+            )
+        with_tfidf = text and cfg.features in ("auto", "embeddings+tfidf")
+        return feature_oof_probabilities(data, feats, folds, cfg.seed, with_tfidf)
 
 
 @hookimpl

@@ -46,6 +46,7 @@ from tuneforge import hookimpl
 from tuneforge.components import BalancePlan, Balancer, Metric, StrictConfig, Task
 from tuneforge.errors import ConfigError, DataError, UserError, short
 from tuneforge.hookspecs import Register
+from tuneforge.plugins.thresholds import ThresholdRule, as_json, check_fixed
 
 if TYPE_CHECKING:  # pragma: no cover - numpy/pandas are imported where used (fast start-up)
     from collections.abc import Callable
@@ -533,17 +534,18 @@ class MultiLabelConfig(StrictConfig):
         min_length=1,
         description="a data.label cell equal to this is a row without labels (else empty = missing)",
     )
-    threshold: float | Literal["tune"] = Field(
+    threshold: float | Literal["tune"] | ThresholdRule = Field(
         0.5,
-        description="decision threshold of every label, or tune: each label's best F1 on val",
+        description="decision threshold of every label, tune (each label's best F1 on val) or "
+        "{metric: f1|precision_at|recall_at, target: 0.9} tuned per label on val",
+    )
+    calibration: Literal["auto", "temperature", "none"] = Field(
+        "auto",
+        description="one temperature for every label's sigmoid, fitted on val after training: "
+        "auto (kept when it lowers the val NLL by 1%+), temperature (always kept) or none",
     )
 
-    @field_validator("threshold")
-    @classmethod
-    def _in_unit_interval(cls, value: Any) -> Any:
-        if not isinstance(value, str) and not 0.0 < value < 1.0:
-            raise ValueError("a threshold is between 0 and 1 (exclusive), or tune")
-        return value
+    _in_unit_interval = field_validator("threshold")(check_fixed)
 
     @field_validator("separator")
     @classmethod
@@ -584,6 +586,8 @@ class MultiLabelClassification(Task):
         self.saved_names: list[str] = []
         #: Whether the config fixed the label names (data.classes, task.label_columns).
         self.declared_labels = False
+        #: The temperature every logit is divided by (``calibration.json``; 1: uncalibrated).
+        self.temperature = 1.0
 
     # -- loading ----------------------------------------------------------------------------
     def label_source_columns(self, data_config: Any) -> list[str]:
@@ -710,7 +714,7 @@ class MultiLabelClassification(Task):
             "classes": [str(c) for c in data.classes or []],
             "separator": self.config.separator,
             "label_columns": list(self.config.label_columns or []) or None,
-            "threshold": self.config.threshold,
+            "threshold": as_json(self.config.threshold),
             "thresholds": f"checkpoint/{THRESHOLDS_FILE}",
         }
 
@@ -727,13 +731,15 @@ class MultiLabelClassification(Task):
         if self.thresholds is None or len(self.thresholds) != len(names):
             self.thresholds = self.default_thresholds(len(names))
         self.saved_names = names
+        self.temperature = 1.0  # a new model: uncalibrated until after_training
         return names
 
     def default_thresholds(self, n_labels: int) -> np.ndarray:
         """``task.threshold`` for every label (0.5 until tuned with ``threshold: tune``)."""
         import numpy as np
 
-        value = 0.5 if self.config.threshold == "tune" else float(self.config.threshold)
+        fixed = self.config.threshold
+        value = float(fixed) if isinstance(fixed, (int, float)) else 0.5
         return np.full(n_labels, value)
 
     def loss_fn(self, class_weights: np.ndarray | None, focal_gamma: float | None = None) -> Any:
@@ -751,7 +757,7 @@ class MultiLabelClassification(Task):
         import numpy as np
         import torch
 
-        probs = torch.sigmoid(logits.float()).numpy()
+        probs = torch.sigmoid(logits.float() / self.temperature).numpy()
         thresholds = self.thresholds
         if thresholds is None:  # before output_names()/load_artifacts(): the configured ones
             thresholds = self.default_thresholds(probs.shape[-1])
@@ -766,26 +772,21 @@ class MultiLabelClassification(Task):
     def after_training(
         self, predict_val: Callable[[], tuple[Any, Any]], folder: Path
     ) -> dict[str, Any]:
-        """With ``task.threshold: tune``: each label's threshold that maximises its F1 on the
-        validation split, saved into the checkpoint (``thresholds.json``) and recorded under
-        ``tuning`` in ``metrics.json`` with each label's validation F1 at 0.5 and tuned."""
-        if self.config.threshold != "tune":
-            return {}
-        import torch
+        """First one temperature for every label (``task.calibration``, ``calibration.json``),
+        then with a tuned ``task.threshold`` (``tune``: each label's best F1; or a precision or
+        recall target) each label's threshold on the calibrated validation probabilities,
+        saved into the checkpoint (``thresholds.json``) and recorded under ``tuning`` in
+        ``metrics.json`` with each label's validation F1 at 0.5 and tuned
+        (:func:`tuneforge.plugins.calibration.multilabel_after_training`)."""
+        from tuneforge.plugins.calibration import multilabel_after_training
 
-        names, _ = read_thresholds(folder)
-        logits, labels = predict_val()
-        probs = torch.sigmoid(logits.float()).numpy()
-        thresholds, info = tune_thresholds(labels.numpy(), probs)
-        write_thresholds(folder, names, thresholds, "tuned: best F1 per label on the val split")
-        self.thresholds = thresholds
-        return {
-            "thresholds": {n: float(t) for n, t in zip(names, thresholds, strict=True)},
-            "val_f1": {
-                n: {"at_0.5": i["f1_default"], "tuned": i["f1_tuned"], "positives": i["positives"]}
-                for n, i in zip(names, info, strict=True)
-            },
-        }
+        return multilabel_after_training(self, predict_val, folder)
+
+    def ensemble_outputs(self, outputs: list[Any], folders: list[Path]) -> Any:
+        """The mean of the members' calibrated logits (each over its own temperature)."""
+        from tuneforge.plugins.calibration import ensemble_calibrated
+
+        return ensemble_calibrated(outputs, folders, self.temperature)
 
     def baselines(
         self, data: TaskData, split: Split, metrics: dict[str, Metric]
@@ -813,7 +814,16 @@ class MultiLabelClassification(Task):
         count (:func:`per_label_table`), at the thresholds in use."""
         y_pred, _ = self.predictions(logits)
         names = [str(c) for c in data.classes or []]
-        return {"per_label": per_label_table(labels.numpy(), y_pred, names)}
+        details: dict[str, Any] = {"per_label": per_label_table(labels.numpy(), y_pred, names)}
+        if self.config.calibration != "none":  # per-label-probability ECE and NLL, T = 1 vs T
+            from tuneforge.plugins.calibration import figures
+
+            truth = labels.numpy() > 0.5
+            details["calibration"] = {
+                "temperature": self.temperature,
+                **figures(logits, truth, self.temperature, "sigmoid"),
+            }
+        return details
 
     def prediction_frame(
         self, data: TaskData, rows: np.ndarray, logits: Any, labels: Any
@@ -873,13 +883,18 @@ class MultiLabelClassification(Task):
         """The modality's checkpoint files plus ``thresholds.json`` (the thresholds in use)."""
         super().save_artifacts(model, folder)  # type: ignore[safe-super]
         assert self.thresholds is not None, "output_names() first"
-        how = "tune: 0.5 until tuned" if self.config.threshold == "tune" else "task.threshold"
+        fixed = isinstance(self.config.threshold, (int, float))
+        how = "task.threshold" if fixed else "tune: 0.5 until tuned"
         write_thresholds(folder, self.saved_names, self.thresholds, how)
 
     def load_artifacts(self, folder: Path) -> Any:
-        """The modality's model, and the thresholds of ``thresholds.json``."""
+        """The modality's model, the thresholds of ``thresholds.json`` and the temperature of
+        ``calibration.json`` (1 without one)."""
+        from tuneforge.plugins.calibration import read_temperature
+
         model = super().load_artifacts(folder)  # type: ignore[safe-super]
         self.saved_names, self.thresholds = read_thresholds(folder)
+        self.temperature = read_temperature(folder)
         return model
 
 

@@ -16,13 +16,15 @@ Nothing here is registered: the module only provides bases.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from tuneforge.components import Metric, Task
+from tuneforge.components import Metric, StrictConfig, Task
 from tuneforge.data import TaskData, class_list
-from tuneforge.errors import DataError, UserError, short
+from tuneforge.errors import ConfigError, DataError, UserError, short
+from tuneforge.plugins.thresholds import ThresholdRule, check_fixed
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -36,15 +38,80 @@ def label_ids(data: TaskData, rows: Any = None) -> np.ndarray:
     return part.label_ids()
 
 
+class SingleLabelConfig(StrictConfig):
+    """The parameters of a single-label classification task (``task: {name: ..., ...}``):
+    calibration and, for two classes, the decision threshold (:mod:`tuneforge.plugins.calibration`,
+    :mod:`tuneforge.plugins.thresholds`)."""
+
+    calibration: Literal["auto", "temperature", "none"] = Field(
+        "auto",
+        description="temperature scaling fitted on val after training: auto (kept when it "
+        "lowers the val NLL by 1%+), temperature (always kept) or none",
+    )
+    threshold: float | Literal["tune"] | ThresholdRule | None = Field(
+        None,
+        description="two classes only: the positive class's probability threshold, tune (best "
+        "val F1) or {metric: f1|precision_at|recall_at, target: 0.9}; unset: the likelier class",
+    )
+    positive_class: str | int | None = Field(
+        None, description="the class task.threshold is for (default: the second class)"
+    )
+
+    _fixed_threshold = field_validator("threshold")(check_fixed)
+
+
 class SingleLabelClassification(Task):
     """The problem part of a classification task: each row has exactly one of ``data.classes``.
 
     The modality task provides loading (a :class:`~tuneforge.data.TaskData` whose ``classes``
     are the class names in label-id order and whose ``target`` column holds them), datasets
     whose items carry ``labels`` = the class id, the model and artifacts.
+
+    After training the logits are calibrated by a temperature fitted on the validation split
+    (``task.calibration``), and a binary task's decision threshold is tuned there on request
+    (``task.threshold``); both are kept in the checkpoint (``calibration.json``,
+    ``thresholds.json``) and applied by :meth:`predictions`.
     """
 
     problem: ClassVar[str] = "classification"
+    Config: ClassVar[type[StrictConfig]] = SingleLabelConfig
+    #: The temperature the logits are divided by (1: uncalibrated).
+    temperature: float = 1.0
+    #: A binary task's decision: (positive class index, threshold), or None (arg-max).
+    decision: tuple[int, float] | None = None
+    #: The class names in label-id order, once known (after validation, or the model built).
+    class_names: list[str] | None = None
+
+    def bind_classes(self, classes: list[Any]) -> None:
+        """Check ``task.threshold`` / ``task.positive_class`` against the classes and start
+        from an uncalibrated state (the fixed threshold, if any, applies from the start)."""
+        names = [str(c) for c in classes]
+        self.class_names, self.temperature, self.decision = names, 1.0, None
+        cfg = self.config
+        if cfg.threshold is None:
+            if cfg.positive_class is not None:
+                raise ConfigError("task.positive_class", "is for task.threshold: set one too")
+            return
+        if len(names) != 2:
+            raise ConfigError(
+                "task.threshold",
+                f"is for two classes; the data has {len(names)} ({short(names)})",
+            )
+        positive = self.positive_index()
+        if isinstance(cfg.threshold, float):
+            self.decision = (positive, cfg.threshold)
+
+    def positive_index(self) -> int:
+        """The output index of ``task.positive_class`` (default 1: the second class)."""
+        names = self.class_names or []
+        wanted = self.config.positive_class
+        if wanted is None:
+            return 1
+        if str(wanted) not in names:
+            raise ConfigError(
+                "task.positive_class", f"{short(wanted)} is not one of the classes {short(names)}"
+            )
+        return names.index(str(wanted))
 
     def encode_labels(self, data: TaskData, rows: np.ndarray) -> np.ndarray:
         """The dataset's ``labels`` for ``rows``: class ids (int64)."""
@@ -52,6 +119,7 @@ class SingleLabelClassification(Task):
 
     def output_names(self, data: TaskData) -> list[str]:
         """One output per class, in label-id order."""
+        self.bind_classes(list(data.classes or []))
         return [str(c) for c in data.classes or []]
 
     def after_validation(self, data: TaskData, data_config: Any) -> TaskData:
@@ -76,6 +144,7 @@ class SingleLabelClassification(Task):
             # Classes the validators removed or merged away are not trained on.
             data = data.subset(data.frame.index)
             data.classes = class_list(data.frame[data.target])
+        self.bind_classes(list(data.classes or []))
         return data
 
     def stratify_labels(self, data: TaskData) -> np.ndarray:
@@ -109,11 +178,41 @@ class SingleLabelClassification(Task):
         return classification_loss(class_weights, focal_gamma)
 
     def predictions(self, logits: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Logits -> (predicted class ids, class probabilities)."""
+        """Logits -> (predicted class ids, class probabilities): ``softmax(logits / T)`` with
+        the checkpoint's temperature; the likelier class, or for a binary task with a decision
+        threshold the positive class when its probability reaches it."""
         import torch
 
-        probs = torch.softmax(logits.float(), dim=-1)
-        return probs.argmax(dim=-1).numpy(), probs.numpy()
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        y_pred = probs.argmax(dim=-1).numpy()
+        if self.decision is not None and probs.shape[-1] == 2:
+            positive, threshold = self.decision
+            y_pred = np.where(probs[:, positive].numpy() >= threshold, positive, 1 - positive)
+        return y_pred, probs.numpy()
+
+    def after_training(self, predict_val: Any, folder: Path) -> dict[str, Any]:
+        """Temperature scaling on the validation logits (``task.calibration``), then a binary
+        task's threshold on the calibrated probabilities (``task.threshold``); both written
+        into the checkpoint and recorded under ``tuning`` (``calibration``, ``threshold``)."""
+        from tuneforge.plugins.calibration import single_label_after_training
+
+        return single_label_after_training(self, predict_val, folder)
+
+    def ensemble_outputs(self, outputs: list[Any], folders: list[Path]) -> Any:
+        """The mean of the members' calibrated logits (each over its own temperature)."""
+        from tuneforge.plugins.calibration import ensemble_calibrated
+
+        return ensemble_calibrated(outputs, folders, self.temperature)
+
+    def load_artifacts(self, folder: Path) -> Any:
+        """The modality's model, with the checkpoint's temperature (``calibration.json``) and
+        binary decision threshold (``thresholds.json``) when it has them."""
+        from tuneforge.plugins.calibration import read_temperature
+        from tuneforge.plugins.thresholds import read_binary
+
+        model = super().load_artifacts(folder)  # type: ignore[safe-super]
+        self.temperature, self.decision = read_temperature(folder), read_binary(folder)
+        return model
 
     def baselines(
         self, data: TaskData, split: Split, metrics: dict[str, Metric]
@@ -150,10 +249,18 @@ class SingleLabelClassification(Task):
             for i, name in enumerate(names)
         ]
         counts = confusion_matrix(y_true, y_pred, labels=ids)
-        return {
+        details = {
             "per_class": per_class,
             "confusion_matrix": {"classes": names, "counts": counts.astype(int).tolist()},
         }
+        if self.config.calibration != "none":  # ECE and NLL without and with the temperature
+            from tuneforge.plugins.calibration import figures
+
+            details["calibration"] = {
+                "temperature": self.temperature,
+                **figures(logits, y_true, self.temperature, "softmax"),
+            }
+        return details
 
     def prediction_frame(
         self, data: TaskData, rows: np.ndarray, logits: Any, labels: Any

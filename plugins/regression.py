@@ -462,6 +462,15 @@ class MAE(_RegressionMetric):
         return mean_absolute_error(y_true, y_pred)
 
 
+class MedianAE(_RegressionMetric):
+    """Median absolute error (in the target's units; robust to a few large misses)."""
+
+    def compute(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        from sklearn.metrics import median_absolute_error
+
+        return median_absolute_error(y_true, y_pred)
+
+
 class R2(_RegressionMetric):
     """Coefficient of determination (1 = perfect, 0 = predicting the mean)."""
 
@@ -540,6 +549,7 @@ METRICS: dict[str, type[Metric]] = {
     "mse": MSE,
     "rmse": RMSE,
     "mae": MAE,
+    "median_ae": MedianAE,
     "r2": R2,
     "mape": MAPE,
     "pearson": Pearson,

@@ -35,7 +35,7 @@ def test_plugins_json_lists_builtins_with_their_components() -> None:
     text = infos["text"]
     assert text["distribution"] == "tuneforge" and text["version"]
     assert "register_models" in text["hooks"]
-    assert text["components"]["models"] == ["hf-sequence-classification"]
+    assert text["components"]["models"] == ["hf-sequence-classification", "setfit"]
     assert set(infos["balancers"]["components"]["balancers"]) == {
         "none",
         "oversample",

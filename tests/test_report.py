@@ -71,7 +71,8 @@ def test_a_finished_run_has_plots_and_a_self_contained_report(trained: Path) -> 
     for name in plots:
         assert (trained / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (trained / "report.html").read_text(encoding="utf-8")
-    assert len(images(page)) == 4
+    assert "Reliability diagram (test split)" in page  # task.calibration: auto
+    assert len(images(page)) == 4 + 1 + 1  # the plots, the reliability diagram, the F1 bars
     for section in (
         "Test metrics",
         "majority baseline",
@@ -98,7 +99,7 @@ def test_report_command_rebuilds_plots_and_report(trained: Path, tmp_path: Path)
     out = ok(run_cli("report", str(run)))
     assert f"report: {run / 'report.html'}" in out
     assert {p.name for p in (run / "plots").iterdir()} == CLASSIFICATION_PLOTS
-    assert len(images((run / "report.html").read_text())) == 4
+    assert len(images((run / "report.html").read_text())) == 4 + 1 + 1  # + reliability, F1 bars
 
 
 def test_a_truncated_history_line_is_skipped_with_a_warning(trained: Path, tmp_path: Path) -> None:
@@ -396,5 +397,6 @@ def test_the_report_renders_in_headless_chromium(trained: Path) -> None:
             "return Array.from(document.querySelectorAll('h2')).map(h => h.textContent);"
         )
         assert {"Test metrics", "Data quality", "Split and balance", "Config"} <= set(headings)
+        assert "Error analysis" in headings
     finally:
         driver.quit()

@@ -238,6 +238,7 @@ class ImageTask(Task):
         super().__init__(config)
         self.base_dir: Path | None = None
         self._info: dict[str, ImageInfo] = {}
+        self._features: Any = None  # frozen_features' cache (plugins/image/features.py)
 
     # -- loading --------------------------------------------------------------------------
     def _column(self, data_config: Any) -> str:
@@ -420,6 +421,17 @@ class ImageTask(Task):
     def collate_fn(self, on_cuda: bool) -> ImageCollate:
         return ImageCollate(on_cuda)
 
+    def frozen_features(self, data: TaskData, rows: np.ndarray) -> np.ndarray | None:
+        """Pooled features of the model's pretrained timm backbone (``model.weights``; no
+        classifier) on the evaluation transform, cached per row; None when the model is not
+        a timm model with pretrained weights."""
+        from tuneforge.plugins.image.features import FeatureCache
+
+        if self._features is None:
+            self._features = FeatureCache()
+        paths = data.frame.loc[rows, data.inputs["image"]].astype(str).tolist()
+        return self._features.features(self, rows, paths)
+
     def build_model(self, data: TaskData) -> Any:
         names = self.output_names(data)
         inputs = {
@@ -564,7 +576,10 @@ class ImageClassificationTask(SingleLabelClassification, ImageTask):
     def defaults(self) -> dict[str, Any]:
         return {
             **self.classification_defaults(),
-            "metrics": ["accuracy", "top5_accuracy", "balanced_accuracy", "f1_macro"],
+            "metrics": [
+                *("accuracy", "top5_accuracy", "balanced_accuracy", "f1_macro"),
+                *("mcc", "roc_auc", "log_loss", "ece"),
+            ],
         }
 
     def loss_fn(self, class_weights: np.ndarray | None, focal_gamma: float | None = None) -> Any:

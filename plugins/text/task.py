@@ -9,11 +9,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from tuneforge.components import ModelSpec, StrictConfig, Task
 from tuneforge.data import TaskData, WorkerRandom, read_table, require_columns, resolve_classes
 from tuneforge.errors import ConfigError, DataError, short
-from tuneforge.plugins.problems import SingleLabelClassification
+from tuneforge.plugins.problems import SingleLabelClassification, SingleLabelConfig
 
 _NORM = re.compile(r"\W+")
 
@@ -117,6 +118,8 @@ class TextTask(Task):
     #: :meth:`ModelBuilder.fit_before_training`.
     _fit_rows: np.ndarray | None = None
     _seed: int = 0
+    #: :meth:`frozen_features`' cache (a :class:`~tuneforge.plugins.text.embeddings.EmbeddingCache`).
+    _embeddings: Any = None
 
     class Config(StrictConfig):
         pass
@@ -253,6 +256,21 @@ class TextTask(Task):
     def collate_fn(self, on_cuda: bool) -> Any:
         return self.tokenizer.collator(pad_to_multiple_of=8 if on_cuda else None)
 
+    def frozen_features(self, data: TaskData, rows: np.ndarray) -> np.ndarray | None:
+        """Mean-pooled, L2-normalised embeddings of ``rows`` (their text after the
+        preprocessors; a pair encoded as one sequence, ``text [SEP] pair``) by the model's
+        sentence encoder (:meth:`ModelBuilder.sentence_encoder`), cached per row; None when
+        the model has none."""
+        encoder = self.model_builder.sentence_encoder() if self.model_builder else None
+        if encoder is None:
+            return None
+        from tuneforge.plugins.text.embeddings import EmbeddingCache
+
+        if self._embeddings is None:
+            self._embeddings = EmbeddingCache()
+        texts, pairs = self._texts(data.frame.loc[rows], data.inputs, self.preprocessors)
+        return self._embeddings.features(encoder, rows, texts, pairs)
+
     def model_inputs(self) -> dict[str, Any]:
         """``ModelSpec.inputs``: the transformers tokenizer, its vocabulary size and pad id."""
         from tuneforge.plugins.text.hf import HFTokenizer
@@ -304,6 +322,25 @@ class TextTask(Task):
         texts, pairs = self._texts(frame, self._columns(data_config), self.preprocessors)
         return TextDataset(texts, pairs, None, self.tokenizer, [], 0)
 
+    # -- export -----------------------------------------------------------------------------
+    def export_axes(self, batch: dict[str, Any]) -> dict[str, dict[int, str]]:
+        """The batch axis of every input and the sequence axis of the token inputs (2-D)."""
+        return {
+            name: {0: "batch", 1: "sequence"} if value.ndim == 2 else {0: "batch"}
+            for name, value in batch.items()
+        }
+
+    def export_preprocessing(self, folder: Path, out: Path) -> dict[str, Any]:
+        """The checkpoint's files but the weights (the tokenizer's among them), and the
+        tokenizer's ``max_length`` and ``truncation``, which its files do not hold."""
+        from tuneforge.plugins.text.hf import HFTokenizer
+
+        record = super().export_preprocessing(folder, out)
+        if isinstance(self.tokenizer, HFTokenizer):
+            cfg = self.tokenizer.config
+            record.update(max_length=cfg.max_length, truncation=cfg.truncation)
+        return record
+
     # -- augmentation preview ---------------------------------------------------------------
     def preview_augmented(
         self, data: TaskData, rows: np.ndarray, augmenters: list[Any], seed: int, folder: Path
@@ -333,6 +370,15 @@ class TextClassificationTask(SingleLabelClassification, TextTask):
     ``data.label``."""
 
     name = "text-classification"
+    #: The embedding baseline's record for :meth:`test_details` (set by :meth:`baselines`).
+    _embedding_record: dict[str, Any] | None = None
+
+    class Config(SingleLabelConfig):  # calibration, threshold, positive_class, and:
+        embedding_baseline: bool = Field(
+            True,
+            description="report the embedding baseline (frozen sentence-encoder embeddings + "
+            "logistic regression) when the model starts from a sentence encoder",
+        )
 
     def load(self, data_config: Any, base_dir: Path) -> TaskData:
         if data_config.target is not None:
@@ -352,5 +398,32 @@ class TextClassificationTask(SingleLabelClassification, TextTask):
     def defaults(self) -> dict[str, Any]:
         return {
             **self.classification_defaults(),
-            "metrics": ["accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"],
+            "metrics": [
+                *("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"),
+                *("mcc", "roc_auc", "log_loss", "ece"),
+            ],
         }
+
+    def baselines(self, data: TaskData, split: Any, metrics: dict[str, Any]) -> dict[str, float]:
+        """The majority baseline and, when the model starts from a sentence encoder,
+        ``embedding_baseline_<metric>`` for every metric: frozen embeddings + logistic
+        regression fitted on train (its validation scores are in ``test_details``)."""
+        out = super().baselines(data, split, metrics)
+        self._embedding_record = None
+        if self.config.embedding_baseline:
+            from tuneforge.plugins.text.embeddings import embedding_baseline
+
+            scores, record = embedding_baseline(self, data, split, metrics)
+            out.update(scores)
+            self._embedding_record = record or None
+        return out
+
+    def test_details(
+        self, data: TaskData, rows: np.ndarray, logits: Any, labels: Any
+    ) -> dict[str, Any]:
+        """The per-class table and confusion matrix, and ``embedding_baseline``: the
+        embedding baseline's encoder and its validation and test scores."""
+        details = super().test_details(data, rows, logits, labels)
+        if self._embedding_record:
+            details["embedding_baseline"] = self._embedding_record
+        return details
