@@ -125,6 +125,16 @@ REMEDIES: dict[str, Callable[[dict], dict]] = {
         "trainer.schedule": "linear",
         "trainer.early_stopping_patience": max(3, cfg["trainer"]["epochs"] // 3),
     },
+    # issue 17: the layer remedies, for the pretrained transformer (text) case; {} skips
+    "layer-decay": lambda cfg: (
+        {"trainer.layer_decay": 0.8} if cfg["task"].startswith("text") else {}
+    ),
+    "reinit-top-layer": lambda cfg: (
+        {"model.reinit_layers": 1} if cfg["task"].startswith("text") else {}
+    ),
+    "lora": lambda cfg: (
+        {"model.peft": {"method": "lora", "r": 8}} if cfg["task"].startswith("text") else {}
+    ),
     "augmentation": lambda cfg: {
         "augmenters": [
             {"name": "token-noise", "p": 0.3}
@@ -200,7 +210,10 @@ def remedies(args: argparse.Namespace, out: Path, seed: int) -> list[dict]:
     rows = [score(seed, "round 1", train(cfg, out, "round1"), monitor, held_out, column)]
     for name, remedy in REMEDIES.items():
         patched = json.loads(json.dumps(cfg))
-        for key, value in remedy(cfg).items():
+        changes = remedy(cfg)
+        if not changes:  # not for this case
+            continue
+        for key, value in changes.items():
             *parents, last = key.split(".")
             node = patched
             for part in parents:

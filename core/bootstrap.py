@@ -74,7 +74,6 @@ class Intervals:
             "resamples": self.resamples,
             "rows": self.rows,
             "seed": self.seed,
-            "seconds": round(self.seconds, 3),
         }
         if self.reduced:
             out["reduced"] = dict(self.reduced)

@@ -5,7 +5,8 @@ A checkpoint is a folder ``state/step-000120/`` inside the run folder. Accelerat
 process RNG states; this module adds ``trainer_state.json`` (the loop position, early-stopping
 state, history, file manifest) and the random-number generators as they were when the epoch's
 data iterator was created (``epoch_rng.json`` + ``epoch_rng.safetensors``), so a resumed run
-can replay the epoch's data order exactly. Everything is loaded with safetensors, JSON or
+can replay the epoch's data order exactly, and with ``trainer.ema_decay`` the weights' moving
+average (``ema.safetensors``). Everything is loaded with safetensors, JSON or
 ``torch.load(weights_only=True)`` (Accelerate's loader), never plain pickle.
 
 The folder is built under a hidden temporary name and renamed when complete: a crash during a
@@ -43,6 +44,7 @@ STATE_DIR = "state"
 STATE_FILE = "trainer_state.json"
 EPOCH_RNG_JSON = "epoch_rng.json"
 EPOCH_RNG_TENSORS = "epoch_rng.safetensors"
+EMA_FILE = "ema.safetensors"  # trainer.ema_decay: the weights' moving average (AveragedModel)
 FORMAT = 2
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -260,6 +262,7 @@ def save_checkpoint(
     epoch_rng: tuple[dict[str, Any], dict[str, Any]],
     keep: int,
     extra: Any = None,
+    ema: Any = None,
 ) -> Path | None:
     """Write ``state_root/step-NNNNNN`` atomically and keep the newest ``keep`` checkpoints.
 
@@ -271,8 +274,10 @@ def save_checkpoint(
     :param extra: ``(tmp_dir) -> dict`` run by the main process before the rename: it may add
         files to the checkpoint (the best model) and returns values stored in
         ``trainer_state.json`` under ``"run"``.
+    :param ema: the trainer's ``AveragedModel`` (``trainer.ema_decay``), saved as
+        :data:`EMA_FILE` (its weights, buffers and ``n_averaged``); None: no EMA.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file, save_model
 
     if set(loop_state) != set(LOOP_STATE):
         raise ValueError(f"loop state keys {sorted(loop_state)} != {sorted(LOOP_STATE)}")
@@ -293,6 +298,8 @@ def save_checkpoint(
     meta, tensors = epoch_rng
     (tmp / EPOCH_RNG_JSON).write_text(json.dumps(meta), encoding="utf-8")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / EPOCH_RNG_TENSORS))
+    if ema is not None:
+        save_model(ema, str(tmp / EMA_FILE))  # tied weights once
     run_values = extra(tmp) if extra is not None else {}
     state = {
         "format": FORMAT,
@@ -695,6 +702,39 @@ def _check_fits(path: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
             )
 
 
+def _check_ema(path: Path, files: dict[str, Any], ema: Any) -> None:
+    """The checkpoint has an EMA of the weights exactly when the run keeps one, of the same
+    tensors."""
+    from tuneforge.errors import ConfigError
+
+    has = EMA_FILE in files
+    if has != (ema is not None):
+        held = "an EMA of the weights" if has else "no EMA of the weights"
+        run = "this run keeps none (null)" if ema is None else "this run keeps one"
+        raise ConfigError(
+            "trainer.ema_decay",
+            f"{path} holds {held} but {run}; resume with the trainer.ema_decay the run "
+            "started with",
+        )
+    if ema is None:
+        return
+    f = path / EMA_FILE
+    shapes = _safetensors_shapes(f)
+    own = ema.state_dict()
+    for key, tensor in own.items():
+        if key in shapes and tuple(tensor.shape) != shapes[key]:
+            raise UserError(
+                f"{f}: {short(key, 60)} has shape {list(shapes[key])}, this run's model "
+                f"{list(tensor.shape)}; the model or trainer config changed since the run started"
+            )
+    extra = sorted(set(shapes) - set(own))
+    if extra:
+        raise UserError(
+            f"{f}: holds {short(extra[0], 60)}, which this run's model lacks; the model or "
+            "trainer config changed since the run started"
+        )
+
+
 def _check_restored(f: Path, states: dict[str, Any]) -> None:
     """The process generators hold the states of ``random_states_N.pkl`` (Accelerate's
     ``load_state`` only logs at info level when it could not set them)."""
@@ -728,6 +768,7 @@ def load_checkpoint(
     model: Any = None,
     optimizer: Any = None,
     scheduler: Any = None,
+    ema: Any = None,
 ) -> tuple[dict[str, Any], tuple[dict[str, Any], dict[str, Any]]]:
     """Restore the prepared objects from ``path``; returns the loop state and the epoch RNGs.
 
@@ -735,11 +776,16 @@ def load_checkpoint(
     ``optimizer`` and ``scheduler`` when given), then Accelerate loads the model from
     safetensors and the rest with ``torch.load(weights_only=True)``, and the process random
     states are checked to be the checkpoint's. A part that does not load is named in the error.
+
+    :param ema: the run's ``AveragedModel`` (``trainer.ema_decay``), restored from
+        :data:`EMA_FILE`; a checkpoint with an EMA for a run without one, or the reverse, is a
+        ConfigError naming ``trainer.ema_decay``.
     """
     from safetensors import SafetensorError
 
     state = read_checkpoint(path)
     _check_fits(path, model, optimizer, scheduler)
+    _check_ema(path, state["files"], ema)
     rng_file = path / f"random_states_{accelerator.process_index}.pkl"
     if not rng_file.is_file():
         raise UserError(f"{rng_file}: missing from the checkpoint; {_way_out(path)}")
@@ -748,5 +794,10 @@ def load_checkpoint(
     epoch_rngs = _load_epoch_rngs(path)
     with _loading(path, "checkpoint", SafetensorError):
         accelerator.load_state(str(path))
+    if ema is not None:
+        from safetensors.torch import load_model
+
+        with _loading(path / EMA_FILE, "EMA weights", SafetensorError):
+            load_model(ema, str(path / EMA_FILE), device=str(next(ema.parameters()).device))
     _check_restored(rng_file, rng_states)
     return state, epoch_rngs

@@ -424,6 +424,56 @@ class Advisor(Component):
         raise NotImplementedError
 
 
+# -- explanations ---------------------------------------------------------------------------
+
+
+@dataclass
+class ExplainOptions:
+    """What :meth:`Task.explain` is asked for (``tuneforge explain``, and the run end's
+    ``explanations/test.html``).
+
+    :param rows: rows explained one by one (text and image tasks: the first ``rows`` of the
+        frame); a task that explains the rows as a whole (tabular permutation importance)
+        uses every row it is given.
+    :param steps: Integrated Gradients steps (text tasks).
+    :param internal_batch_size: examples per forward pass inside an attribution method.
+    :param seed: seeds every random choice (permutation importance's shuffles).
+    :param target: the output (class, label or target index) to explain; None (the default):
+        each row's predicted class, or its top predicted label, or the first target.
+    :param labels: the run's ``labels.json`` record (:meth:`Task.labels_record` plus
+        ``label_column``, ``inputs``, ``problem``): the outputs' names, the label column.
+    :param source: the input's name (a file path), for messages.
+    """
+
+    rows: int = 4
+    steps: int = 32
+    internal_batch_size: int = 16
+    seed: int = 0
+    target: int | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass
+class Explanation:
+    """What :meth:`Task.explain` returns: the page's content and the numbers behind it.
+
+    :param method: the attribution method, e.g. ``"integrated-gradients"``, ``"grad-cam"``,
+        ``"permutation-importance"``.
+    :param html: a self-contained HTML fragment (inline styles, images as data URIs, every
+        value from the data escaped), put inside the page core writes.
+    :param records: one dict per explained row (or per feature, for a whole-set method):
+        the numbers shown (attributions, deltas, scores); values may be NumPy arrays.
+    :param summary: a few figures about the whole explanation (rows, the largest
+        convergence delta...), shown at the top of the page.
+    """
+
+    method: str
+    html: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
 # -- tasks, models, tokenizers ------------------------------------------------------------
 
 
@@ -764,6 +814,32 @@ class Task(Component, abc.ABC):
                 shutil.copy2(path, target)
         return {}
 
+    # -- explanations -------------------------------------------------------------------------
+    def explain(
+        self, model: Any, frame: pd.DataFrame, data_config: Any, options: ExplainOptions
+    ) -> Explanation:
+        """Explain the predictions of ``model`` (the best checkpoint, from
+        :meth:`load_artifacts`, in eval mode) on ``frame``: an :class:`Explanation` whose
+        HTML fragment ``tuneforge explain`` and the run end (``explanations/test.html``) put
+        in a page. Called after :meth:`load_artifacts`.
+
+        The built-in tasks: text, token attributions by Integrated Gradients on the input
+        embeddings (:meth:`ModelBuilder.explain_layer`); image, Grad-CAM on the last
+        convolutional stage; tabular, permutation importance of each feature (it needs the
+        label column in ``frame``).
+
+        :param frame: rows as :meth:`load_inputs` reads them (the label column may be
+            there); the run end passes the test split's rows of the training data.
+        :param data_config: the run's ``data:`` section.
+        :param options: :class:`ExplainOptions`.
+
+        Raise :class:`tuneforge.errors.UserError` naming the file or column for input that
+        cannot be explained. By default a UserError: the task has no explanations.
+        """
+        from tuneforge.errors import UserError
+
+        raise UserError(f"task {self.name or type(self).__name__} has no explanations")
+
 
 @dataclass
 class ModelSpec:
@@ -828,9 +904,44 @@ class ModelBuilder(Component, abc.ABC):
         such encoder. Text tasks embed with it for :meth:`Task.frozen_features`."""
         return None
 
+    def explain_layer(self, model: Any) -> Any:
+        """The ``torch.nn.Module`` of ``model`` (built by :meth:`build` or :meth:`load`) that
+        explanations attribute to, or None (the default) when the model has none the task
+        can use: text tasks take the input-embedding layer (Integrated Gradients), image
+        tasks the last convolutional stage, whose output is a batch x channels x height x
+        width feature map (Grad-CAM). A task whose model gives None explains nothing and
+        says so."""
+        return None
+
     def on_epoch_start(self, model: Any, epoch: int) -> None:
         """Called before each training epoch (1-based) with the unwrapped model, e.g. to
         freeze or unfreeze layers. By default nothing."""
+
+    def parameter_depths(self, model: Any) -> dict[str, int] | None:
+        """The depth of each parameter of ``model`` (built by :meth:`build`), for layer-wise
+        learning-rate decay (``trainer.layer_decay``), or None (the default) when the model
+        has no layer structure; ``trainer.layer_decay`` is then a ConfigError naming the key
+        and the model.
+
+        Keys are the names of ``model.named_parameters()``; values are 0 for the embeddings
+        (a CNN's stem), ``1..L`` for the blocks bottom-up and ``L + 1`` for everything above
+        the last block (pooler, final norm, head). The trainer gives a parameter at depth
+        ``d`` the learning rate ``lr * layer_decay ** (D - d)``, ``D`` the largest depth.
+        """
+        return None
+
+    def enable_gradient_checkpointing(self, model: Any) -> None:
+        """Turn on gradient checkpointing (activations recomputed in the backward pass: less
+        memory, about a third more compute) in ``model``, built by :meth:`build`, before
+        training starts (``trainer.gradient_checkpointing``). By default a ConfigError naming
+        ``trainer.gradient_checkpointing`` and the model: raise the same for an architecture
+        without it."""
+        from tuneforge.errors import ConfigError
+
+        raise ConfigError(
+            "trainer.gradient_checkpointing",
+            f"model {type(self).__name__} does not support gradient checkpointing",
+        )
 
     def fit_before_training(
         self, model: Any, examples: dict[str, list[Any]], labels: np.ndarray, seed: int

@@ -287,6 +287,26 @@ class TrainerConfig(Strict):
     compile: bool = Field(
         False, description="torch.compile the model (inductor); pays off on GPU for long runs"
     )
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay: a parameter at depth d (0 embeddings, "
+        "1..L blocks, L+1 head) trains at lr * layer_decay ** (L + 1 - d); null: off",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass: less memory for about a "
+        "third more compute (HF and timm models)",
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the weights (e.g. 0.999), updated "
+        "after each optimizer step; validation, the best checkpoint and the final model use it; "
+        "null: off",
+    )
     log_every_n_steps: int = Field(10, ge=1, le=MAX_STEPS, strict=True)
     seed: int = Field(42, ge=0, le=MAX_SEED, strict=True)
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)]] | None = Field(
@@ -364,6 +384,14 @@ class EvaluationConfig(Strict):
     )
     confidence: float = Field(
         0.95, gt=0, lt=1, description="coverage of the bootstrap intervals (0.95: 95%)"
+    )
+    explain_rows: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        strict=True,
+        description="test rows explained at the end of a run (explanations/test.html, shown in "
+        "the report; tabular: permutation importance on the whole test split); 0: none",
     )
 
 

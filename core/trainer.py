@@ -219,6 +219,7 @@ class _Fit:
     val_dl: Any = None
     sampler: Any = None  # the training loader's sampler: its order is a function of (seed, epoch)
     loss_fn: Any = None  # on the device
+    ema: Any = None  # trainer.ema_decay: AveragedModel of the unwrapped model, or None
     total: int = 0  # optimizer steps in the whole run
     interactive: bool = False  # a live progress bar (the main process on a terminal)
     verbose: bool = False  # a line per log and per checkpoint (the main process, verbose mode)
@@ -298,6 +299,7 @@ class Trainer:
         self.accelerator = self._accelerator()
         self._eval_chunks = 1  # evaluation batches run in this many pieces (after an OOM)
         self._l1_params: list[Any] = []  # the weights trainer.l1 penalises (set in fit)
+        self._ema: Any = None  # trainer.ema_decay: the weights' AveragedModel (set in fit)
         from accelerate.utils import set_seed
 
         # before the model is built: its new head is initialised randomly. deterministic: also
@@ -432,26 +434,64 @@ class Trainer:
             **extra,
         )
 
-    def _optimizer(self, model: Any) -> Any:
+    def _optimizer(self, model: Any, depths: dict[str, int] | None = None) -> Any:
+        """AdamW over the trainable parameters: weight decay except on biases and norms; with
+        ``trainer.layer_decay`` one group per (depth, decayed?) whose lr is
+        ``lr * layer_decay ** (D - depth)``, ``D`` the largest depth (the head's)."""
         import torch
 
-        decay, no_decay = [], []
+        from tuneforge.errors import ConfigError
+
+        cfg = self.config
+        rate = cfg.layer_decay
+        if rate is not None and not depths:
+            raise ConfigError(
+                "trainer.layer_decay",
+                f"the model ({type(model).__name__}) has no layer structure (its builder "
+                "gives no parameter depths); set it to null",
+            )
+        top = max(depths.values()) if rate is not None and depths else 0
+        by_group: dict[tuple[int, bool], list[Any]] = {}
+        decay: list[Any] = []
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
             # No weight decay on biases and normalisation weights (standard practice).
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+            decayed = not (p.ndim < 2 or "norm" in name.lower())
+            if decayed:
+                decay.append(p)
+            # a name the builder's map lacks trains like the head (full lr)
+            depth = depths.get(name, top) if rate is not None and depths else 0
+            by_group.setdefault((depth, decayed), []).append(p)
         self._l1_params = decay
-        groups = [
-            {"params": decay, "weight_decay": self.config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        if rate is None:
+            groups = [
+                {"params": by_group.get((0, True), []), "weight_decay": cfg.weight_decay},
+                {"params": by_group.get((0, False), []), "weight_decay": 0.0},
+            ]
+        else:
+            groups = [
+                {
+                    "params": params,
+                    "weight_decay": cfg.weight_decay if decayed else 0.0,
+                    "lr": cfg.lr * rate ** (top - depth),
+                    "layer_depth": depth,
+                }
+                for (depth, decayed), params in sorted(by_group.items())
+            ]
+            if self.is_main and groups:
+                lrs = [g["lr"] for g in groups]
+                used = sorted({g["layer_depth"] for g in groups})
+                self.console(
+                    f"layer-wise lr decay {rate:g}: {len(used)} depths (0..{top}), lr "
+                    f"{min(lrs):.3g} (depth {used[0]}) to {max(lrs):.3g} (depth {used[-1]})"
+                )
         # Fused AdamW (CUDA and CPU): one kernel per step, and it skips a step flagged
         # non-finite on the device (``found_inf``) without a host sync.
         try:
-            return torch.optim.AdamW(groups, lr=self.config.lr, fused=True)
+            return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
         except (RuntimeError, ValueError):  # a device or dtype the fused kernel lacks
-            return torch.optim.AdamW(groups, lr=self.config.lr)
+            return torch.optim.AdamW(groups, lr=cfg.lr)
 
     # -- training -------------------------------------------------------------------------
     def fit(
@@ -467,6 +507,7 @@ class Trainer:
         mode: str,
         sample_weights: np.ndarray | None = None,
         state: StateOptions | None = None,
+        parameter_depths: dict[str, int] | None = None,
     ) -> TrainResult:
         """Train for ``config.epochs`` epochs, evaluating on ``val_set`` after each.
 
@@ -488,9 +529,18 @@ class Trainer:
         :param sample_weights: per-example draw weights of the training set (a weighted
             sampler); ``None``: a seeded shuffle.
         :param state: training-state checkpoints and resume; ``None``: neither.
+        :param parameter_depths: parameter name -> depth
+            (:meth:`tuneforge.components.ModelBuilder.parameter_depths`) for
+            ``trainer.layer_decay``; ``None``: the model has no layer structure.
+
+        With ``trainer.ema_decay`` an exponential moving average of the weights is kept: each
+        epoch's validation and the best model use it, and at the end it is copied into
+        ``model``.
         """
         fit = _Fit(hooks, monitor, mode, state if state is not None else StateOptions())
-        self._setup(fit, model, train_set, val_set, collate, loss_fn, sample_weights)
+        self._setup(
+            fit, model, train_set, val_set, collate, loss_fn, sample_weights, parameter_depths
+        )
         loop = self._start(fit)
         for epoch in range(loop.epoch, self.config.epochs + 1):
             train_loss, seconds = self._train_epoch(fit, loop, epoch)
@@ -499,6 +549,8 @@ class Trainer:
                 break
             if fit.state.state_dir is not None and epoch < self.config.epochs:
                 self._checkpoint(fit, loop, at_epoch_end=True)
+        if fit.ema is not None:  # the run keeps the averaged weights
+            self.accelerator.unwrap_model(fit.model).load_state_dict(fit.ema.module.state_dict())
         return loop.result(self.skipped_steps)
 
     def _setup(
@@ -510,8 +562,10 @@ class Trainer:
         collate: Any,
         loss_fn: Any,
         sample_weights: np.ndarray | None,
+        depths: dict[str, int] | None = None,
     ) -> None:
-        """Build the loaders, optimizer and schedule, and prepare them with Accelerate."""
+        """Build the loaders, optimizer and schedule, and prepare them with Accelerate; with
+        ``trainer.ema_decay`` the weights' moving average (:meth:`_make_ema`)."""
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
@@ -527,7 +581,7 @@ class Trainer:
                 f"(N = {sampler.num_samples}, batch size {sampler.batch_size})"
             )
         val_dl = self._loader(val_set, collate, cfg.eval_batch_size or cfg.batch_size * 2, False)
-        optimizer = self._optimizer(model)
+        optimizer = self._optimizer(model, depths)
         steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
         fit.total = steps_per_epoch * cfg.epochs
         schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
@@ -545,6 +599,7 @@ class Trainer:
         check_prepared(fit.train_dl, sampler, acc.num_processes)  # sharded once, not replaced
         fit.sampler = sampler
         fit.loss_fn = loss_fn.to(acc.device)
+        fit.ema = self._ema = self._make_ema(acc.unwrap_model(fit.model))
         fit.interactive = self.console.interactive and self.is_main
         fit.verbose = self.console.mode == "verbose" and self.is_main
 
@@ -558,7 +613,7 @@ class Trainer:
             return loop
         cfg, acc = self.config, self.accelerator
         saved, loop.resumed_rngs = load_checkpoint(
-            acc, resume, fit.model, fit.optimizer, fit.scheduler
+            acc, resume, fit.model, fit.optimizer, fit.scheduler, ema=fit.ema
         )
         loop.process_rngs = capture_rngs({})  # the process RNGs as Accelerate restored them
         batches = len(fit.train_dl)
@@ -682,7 +737,7 @@ class Trainer:
         loop.window.zero_()
         loop.window_n.zero_()
         loop.window_batches = 0
-        lr = fit.scheduler.get_last_lr()[0]
+        lr = max(fit.scheduler.get_last_lr())  # the head's (trainer.layer_decay: the top group)
         now = time.perf_counter()
         rate = loop.window_seen * acc.num_processes / max(now - loop.window_start, 1e-9)
         loop.window_seen, loop.window_start = 0, now
@@ -702,7 +757,9 @@ class Trainer:
         """Score the validation split after an epoch: its history row, the best model saved on
         an improvement, the epoch table, ``hooks.on_epoch_end``; returns the monitored value."""
         acc = self.accelerator
-        logits, labels = self.predict(fit.model, fit.val_dl)
+        # with trainer.ema_decay the averaged weights are the ones scored and kept
+        scored = fit.model if fit.ema is None else fit.ema.module
+        logits, labels = self.predict(scored, fit.val_dl)
         metrics = fit.hooks.evaluate(logits, labels)
         row = {
             "epoch": float(loop.epoch),
@@ -721,7 +778,9 @@ class Trainer:
             loop.bad_epochs = 0
             acc.wait_for_everyone()
             if self.is_main:
-                fit.hooks.save_best(acc.unwrap_model(fit.model))
+                fit.hooks.save_best(
+                    acc.unwrap_model(fit.model) if fit.ema is None else fit.ema.module
+                )
         else:
             loop.bad_epochs += 1
         if self.is_main:
@@ -765,6 +824,7 @@ class Trainer:
             rngs,
             self.config.keep_checkpoints,
             fit.state.on_checkpoint,
+            ema=fit.ema,
         )
         if saved is not None and fit.verbose:
             self.console.detail(f"checkpoint {saved.name}")
@@ -942,6 +1002,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             return loss
+        bad = None
         if acc.sync_gradients:
             norm = None
             if cfg.max_grad_norm:
@@ -955,7 +1016,7 @@ class Trainer:
                 window = window + norm.to(window.device)
             # 0.0 when finite, 1.0 when NaN/inf (inf * 0 is NaN): the fused kernel's found_inf
             bad = (window * 0).nan_to_num_(nan=1.0)
-            self._record_nonfinite(bad, epoch, step + 1, scheduler.get_last_lr()[0])
+            self._record_nonfinite(bad, epoch, step + 1, max(scheduler.get_last_lr()))
             if acc.scaler is None:
                 if self._mask_on_device:
                     self._inner_optimizer.found_inf = bad
@@ -965,9 +1026,57 @@ class Trainer:
             self._window_micro = 0
         self._window_loss = window
         optimizer.step()
+        if self._ema is not None and acc.sync_gradients:
+            self._update_ema(model, bad)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
+
+    # -- EMA of the weights (trainer.ema_decay) -------------------------------------------
+    def _make_ema(self, unwrapped: Any) -> Any:
+        """``AveragedModel`` of the unwrapped model (a copy on its device; under DDP every
+        process keeps its own, updated alike), or None without ``trainer.ema_decay``."""
+        decay = self.config.ema_decay
+        if decay is None:
+            return None
+        import torch
+        from torch.optim.swa_utils import AveragedModel
+
+        # 0-d tensor on the device: (1 - decay) after an applied step, 0 after a skipped one,
+        # so a step skipped on the device (fused AdamW's found_inf) leaves the average as is.
+        self._ema_weight = torch.zeros((), device=self.accelerator.device)
+
+        @torch.no_grad()
+        def ema_update(averaged: list[Any], current: list[Any], _n: Any) -> None:
+            # torch's get_ema_multi_avg_fn(decay) with the step's weight as a device tensor
+            if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+                w = self._ema_weight.to(averaged[0].dtype)
+                delta = torch._foreach_sub(current, averaged)
+                torch._foreach_mul_(delta, w)
+                torch._foreach_add_(averaged, delta)
+            else:  # integer buffers (step counters, position ids) are copied, not averaged
+                for a, c in zip(averaged, current, strict=True):
+                    a.copy_(c)
+
+        ema = AveragedModel(unwrapped, multi_avg_fn=ema_update, use_buffers=True)
+        ema.requires_grad_(False)
+        return ema
+
+    def _update_ema(self, model: Any, bad: Any) -> None:
+        """Move the average towards the weights after an optimizer step; ``bad`` (a 0-d
+        tensor, 1.0 for a non-finite step that was not applied) or the grad scaler's skip
+        leaves it unchanged."""
+        acc = self.accelerator
+        rate = 1.0 - float(self.config.ema_decay or 0.0)
+        if acc.scaler is not None:  # fp16: the scaler skipped the step or not (host value)
+            if acc.optimizer_step_was_skipped:
+                return
+            self._ema_weight.fill_(rate)
+        elif bad is None:
+            self._ema_weight.fill_(rate)
+        else:
+            self._ema_weight.copy_((1.0 - bad) * rate)
+        self._ema.update_parameters(acc.unwrap_model(model))
 
     def _forward_eval(self, model: Any, batch: dict[str, Any]) -> Any:
         """Float32 logits of an evaluation batch; on out-of-memory, in smaller pieces."""

@@ -294,6 +294,9 @@ def fit_model(run: TrainingRun, resume: Path | None) -> Outcome:
     run.parameters = parameter_info(model)
     n, total = run.parameters["trainable_parameters"], run.parameters["parameters"]
     run.log(f"model: {n:,} of {total:,} parameters trainable ({100 * n / max(total, 1):.2f}%)")
+    depths = model_layers(task, model, prep.config.trainer)
+    if depths is not None:
+        run.parameters["layers"] = max(depths.values()) - 1
     loss_fn = task.loss_fn(plan.class_weights, focal_gamma=plan.focal_gamma)
     run.eval_loss = task.loss_fn(None)
     # Set-up is over (tokenizer, datasets, model, loss): a failure before this point, such as
@@ -320,6 +323,7 @@ def fit_model(run: TrainingRun, resume: Path | None) -> Outcome:
         mode=prep.mode,
         sample_weights=sample_weights,
         state=_state_options(run.folder, run.trial, resume, lambda: run.ckpt, run.ctx, prep),
+        parameter_depths=depths,
     )
     if is_main_process() and not run.ckpt.exists():
         raise UserError(f"no checkpoint was saved: val.{prep.monitor} was never finite")
@@ -332,6 +336,32 @@ def fit_model(run: TrainingRun, resume: Path | None) -> Outcome:
         lambda: evaluate_test(run, train_metrics),
         run,
     )
+
+
+def model_layers(task: Any, model: Any, cfg: Any) -> dict[str, int] | None:
+    """The builder's parameter depths when ``trainer.layer_decay`` is set (a ConfigError
+    naming the key and the model when it has none), and ``trainer.gradient_checkpointing``
+    turned on through the builder, before the trainer prepares the model."""
+    from tuneforge.components import ModelBuilder
+
+    builder: ModelBuilder | None = task.model_builder
+    what = type(builder).__name__ if builder is not None else type(task).__name__
+    if cfg.gradient_checkpointing:
+        if builder is None:
+            raise ConfigError(
+                "trainer.gradient_checkpointing", f"the task {what} has no model builder"
+            )
+        builder.enable_gradient_checkpointing(model)
+    if cfg.layer_decay is None:
+        return None
+    depths = builder.parameter_depths(model) if builder is not None else None
+    if not depths:
+        raise ConfigError(
+            "trainer.layer_decay",
+            f"model {what} ({type(model).__name__}) has no layer structure (no parameter "
+            "depths); set it to null",
+        )
+    return depths
 
 
 def _train_metrics(prep: Prepared, result: Any) -> dict[str, Any]:
@@ -459,6 +489,17 @@ def evaluate_test(run: TrainingRun, train_metrics: dict[str, Any]) -> tuple[dict
         split_intervals(task, prep.metrics, logits, labels, cfg.evaluation, cfg.trainer.seed)
     )
     run.hook.on_evaluate(run=run.ctx, split="test", metrics=metrics)
+    from tuneforge.explain import explain_test_rows  # explanations/test.html; never fails
+
+    explain_test_rows(
+        run.ctx.run_dir,
+        task,
+        best_model,
+        data.frame.loc[split.test],
+        cfg.data,
+        cfg.evaluation.explain_rows,
+        cfg.trainer.seed,
+    )
     return metrics, task.prediction_frame(data, split.test, logits, labels)
 
 

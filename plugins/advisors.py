@@ -83,6 +83,62 @@ def _augment_patch(run: Any, patch: dict[str, Any], reasons: dict[str, str]) -> 
             return
 
 
+def _small_data(run: Any, min_class: int = 50, median_class: int = 100) -> str:
+    """The evidence that the training split has few examples per class (the ``small-data``
+    advisor's default thresholds), or ""."""
+    counts = (run.split.get("class_counts") or {}).get("train") or {}
+    sizes = {str(c): int(n) for c, n in counts.items() if int(n) > 0}
+    if len(sizes) < 2:
+        return ""
+    smallest = min(sizes, key=lambda c: sizes[c])
+    median = statistics.median(sizes.values())
+    if sizes[smallest] >= min_class and median >= median_class:
+        return ""
+    return (
+        f"the smallest training class, {smallest!r}, has {sizes[smallest]} examples and the "
+        f"median {median:g} (thresholds {min_class} and {median_class})"
+    )
+
+
+def _layer_patch(
+    run: Any, pretrained: bool, patch: dict[str, Any], reasons: dict[str, str]
+) -> None:
+    """Remedies for a pretrained model with numbered blocks (the HF and timm builders: the
+    ones with ``reinit_layers``): layer-wise lr decay, re-initialising the top transformer
+    layers (text), LoRA for small data."""
+    model_fields = run.fields.get("model", set())
+    if not pretrained or "reinit_layers" not in model_fields:
+        return
+    model = _section(run, "model")
+    if (
+        "layer_decay" in run.fields.get("trainer", set())
+        and _trainer(run, "layer_decay", None) is None
+    ):
+        patch["trainer.layer_decay"] = 0.8
+        reasons["trainer.layer_decay"] = (
+            "layer-wise learning-rate decay 0.8: the lower, general layers move less than the "
+            "top ones and the new head (ELECTRA, BEiT), so fine-tuning forgets less of the "
+            "pretraining"
+        )
+    small = _small_data(run)
+    if small and "peft" in model_fields and not model.get("peft"):
+        patch["model.peft"] = {"method": "lora", "r": 8}
+        reasons["model.peft"] = (
+            f"LoRA: {small}; a few low-rank adapter weights train instead of the whole "
+            "network, which so few examples cannot pin down"
+        )
+        return  # the frozen top layers would stay random: no re-initialisation with LoRA
+    reinit = int(model.get("reinit_layers") or 0)
+    if run.modalities == {"text"} and not model.get("peft") and reinit < 2:
+        patch["model.reinit_layers"] = reinit + 1
+        reasons["model.reinit_layers"] = (
+            f"re-initialise the top {reinit + 1} transformer layer{'s' if reinit else ''}: "
+            "they hold pretraining-task specifics that transfer worst; fresh ones fit the "
+            "task with the lower layers' general features (Zhang et al., 2021, few-sample BERT "
+            "fine-tuning)"
+        )
+
+
 class Overfitting(Advisor):
     """Validation loss rises (or the monitored metric falls) while training loss keeps falling."""
 
@@ -151,6 +207,7 @@ class Overfitting(Advisor):
                     "a smaller learning rate keeps the fine-tuned weights nearer the pretrained "
                     "ones, which generalise better than what a small training split teaches"
                 )
+        _layer_patch(run, pretrained, patch, reasons)
         if _trainer(run, "schedule", "linear") == "constant":
             patch["trainer.schedule"] = "linear"
             reasons["trainer.schedule"] = (

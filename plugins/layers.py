@@ -51,8 +51,10 @@ def depths_from_names(names: Iterable[str], pattern: re.Pattern[str]) -> dict[st
 
     A name inside a block gets ``offset + index + 1`` (several stacks, an encoder's then a
     decoder's, are numbered one after the other in the order they appear). A name outside
-    every block gets 0 before the first block (embeddings, stem) and afterwards one more than
-    the last block seen before it, at most ``L + 1`` (pooler, final norm, head).
+    every block gets 0 before the first block (embeddings, stem) or when it names an embedding
+    (``embed``: DeBERTa's relative-position embeddings after its layers, a decoder's position
+    embeddings, BART's ``layernorm_embedding``), and otherwise one more than the last block
+    seen before it, at most ``L + 1`` (pooler, final norm, head).
     """
     names = list(names)
     matches = [_match(n, pattern) for n in names]
@@ -73,8 +75,10 @@ def depths_from_names(names: Iterable[str], pattern: re.Pattern[str]) -> dict[st
         if m is not None:
             last = offsets[m[0]] + m[1] + 1
             out[name] = last
+        elif last == 0 or "embed" in name.lower():
+            out[name] = 0
         else:
-            out[name] = 0 if last == 0 else min(top, last + 1)
+            out[name] = min(top, last + 1)
     return out
 
 
@@ -109,7 +113,11 @@ def enable_hf_checkpointing(model: Any, what: str) -> None:
             "trainer.gradient_checkpointing",
             f"model {what} ({type(base).__name__}) does not support gradient checkpointing",
         )
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}  # works with frozen inputs (peft) and is the default
+    if hasattr(type(base), "activation_checkpointing_enable"):  # transformers 5 (the old name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)  # warns)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     base.config.use_cache = False  # a cache is useless in training and conflicts with it
 
 

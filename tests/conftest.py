@@ -125,6 +125,14 @@ def project(tmp_path: Path, tiny_models: dict[str, Path]):
     return Project()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "heavy: a real-data fine-tune of a pretrained model taking minutes on 2 CPU cores; "
+        "left out of scripts/test (and CI), run with scripts/test -m heavy",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "data" in item.keywords and not SHARED_DATA.is_dir():

@@ -429,6 +429,7 @@ def test_multilabel_calibrates_before_tuning_thresholds(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.data
+@pytest.mark.heavy
 def test_bench_script_runs_on_a_small_slice(tmp_path: Path) -> None:
     import subprocess
     import sys

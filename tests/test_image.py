@@ -470,6 +470,7 @@ def test_mnist_grayscale_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.data
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_cifar10_pretrained_beats_scratch_shortened_cpu_run(tmp_path: Path) -> None:
     """A shortened CPU check of what the pretrained weights buy: EfficientNet-Lite0 fine-tuned
     on 1,000 CIFAR-10 train images (112 px, 2 epochs), pretrained vs from scratch, each
@@ -532,6 +533,7 @@ def test_image_folder_example_config_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_digits_example_fine_tunes_pretrained_efficientnet(tmp_path: Path) -> None:
     """The digits example as documented: write the images, fine-tune, beat 85% on test."""
     import shutil

@@ -226,15 +226,15 @@ def test_interval_text() -> None:
     assert interval_text(None) == "" and interval_text([float("nan"), 1.0]) == ""
 
 
-def test_bootstrap_timing_10k_rows_10_classes() -> None:
-    """1000 resamples of 10,000 rows, 10 classes, the default metrics: seconds (loose bound
-    on a loaded machine)."""
+def test_bootstrap_of_10k_rows_10_classes_gets_every_resample() -> None:
+    """1000 resamples of 10,000 rows, 10 classes, the default metrics: all vectorised, none
+    reduced (the time is measured in bench/bootstrap.py)."""
     y, p = _probs(10_000, 10, seed=9)
     names = ["accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "mcc", "roc_auc"]
     names += ["log_loss", "ece"]
     found = bootstrap_intervals({n: m(n) for n in names}, y, p.argmax(1), p, 1000, seed=0)
-    assert found is not None and not found.reduced
-    assert found.seconds < 30, found.seconds
+    assert found is not None and not found.reduced and found.resamples == 1000
+    assert all(found.intervals[n] is not None for n in names), found.intervals
 
 
 # -- a tiny run ------------------------------------------------------------------------------

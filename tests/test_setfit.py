@@ -65,7 +65,9 @@ def write_config(root: Path, model: dict, **sections) -> Path:
 
 
 def check_setfit_checkpoint_agrees_with_predict(root: Path, inputs: Path) -> None:
-    """setfit's own loader reads the checkpoint and predicts what ``tuneforge predict`` does."""
+    """setfit's own loader reads the checkpoint and predicts what ``tuneforge predict`` does;
+    its probabilities are the uncalibrated ones: the run's temperature (``calibration.json``)
+    turns them into tuneforge's, ``p ** (1 / T)`` renormalised (= ``softmax(logits / T)``)."""
     from setfit import SetFitModel
 
     out = root / "pred.csv"
@@ -74,7 +76,11 @@ def check_setfit_checkpoint_agrees_with_predict(root: Path, inputs: Path) -> Non
     model = SetFitModel.from_pretrained(str(root / "runs" / "run" / "checkpoint"))
     texts = pd.read_csv(inputs)["text"].astype(str).tolist()
     assert list(model.predict(texts)) == ours["prediction"].astype(str).tolist()
-    probs = model.predict_proba(texts).numpy()
+    probs = model.predict_proba(texts).numpy().astype(np.float64)
+    calibration = root / "runs" / "run" / "checkpoint" / "calibration.json"
+    if calibration.is_file() and json.loads(calibration.read_text())["applied"]:
+        scaled = probs ** (1.0 / json.loads(calibration.read_text())["temperature"])
+        probs = scaled / scaled.sum(axis=1, keepdims=True)
     columns = [f"prob_{c}" for c in model.labels]
     np.testing.assert_allclose(probs, ours[columns].to_numpy(), atol=1e-4)
 

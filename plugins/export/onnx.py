@@ -29,8 +29,6 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
 from tuneforge.components import Command
 from tuneforge.errors import UserError
 from tuneforge.onnx_engine import (
@@ -120,6 +118,8 @@ class ExportCommand(Command):
 
 
 def check_arguments(fmt: str, quantize: str | None, opset: int, tolerance: float) -> None:
+    import numpy as np
+
     if fmt not in FORMATS:
         raise UserError(
             f"--format {fmt}: unknown export format; the formats are: {', '.join(FORMATS)}"
@@ -257,6 +257,8 @@ def parity_dataset(
     ``predict`` reads inputs), else the run's test split (``data.test_path``, or the rows of
     ``data.path`` that ``split.json`` names; its validation rows when the test split is
     empty)."""
+    import numpy as np
+
     if parity_input is not None:
         frame = task.load_inputs(parity_input, cfg.data)
         if len(frame) == 0:
@@ -411,6 +413,8 @@ def agreement(task: Any, reference: Any, other: Any) -> float:
     """The share of rows whose prediction (:meth:`Task.predictions`, calibration and thresholds
     applied) is the same from ``other`` logits as from ``reference``; predicted values
     (regression) agree within 1e-3 relative."""
+    import numpy as np
+
     ref, _ = task.predictions(reference)
     got, _ = task.predictions(other)
     ref, got = np.asarray(ref), np.asarray(got)

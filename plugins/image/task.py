@@ -484,6 +484,17 @@ class ImageTask(Task):
             paths, None, self.tokenizer.channels, self.tokenizer.eval_transform(), [], None, 0
         )
 
+    # -- explanations -----------------------------------------------------------------------
+    def explain(self, model: Any, frame: pd.DataFrame, data_config: Any, options: Any) -> Any:
+        """Grad-CAM heatmaps on the model's last convolutional stage for the first
+        ``options.rows`` images (:mod:`tuneforge.plugins.image.explain`); ``frame`` holds the
+        paths in ``image`` (:meth:`load_inputs`) or in the training data's column."""
+        from tuneforge.plugins.image.explain import explain_images
+
+        if "image" not in frame.columns:  # the training data's rows (the run end's test split)
+            frame = frame.rename(columns={self._column(data_config): "image"})
+        return explain_images(self, model, frame, data_config, options)
+
     # -- augmentation preview ---------------------------------------------------------------
     def preview_augmented(
         self, data: TaskData, rows: np.ndarray, augmenters: list[Any], seed: int, folder: Path

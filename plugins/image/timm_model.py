@@ -332,6 +332,35 @@ class TimmModel(ModelBuilder):
         """Freeze the backbone for the first ``freeze_epochs`` epochs (the model's own rule)."""
         model.on_epoch_start(epoch)
 
+    def explain_layer(self, model: Any) -> Any:
+        """The timm model's last feature stage (``feature_info[-1]``, the deepest feature
+        map), or its last ``Conv2d`` when it declares no stages: what Grad-CAM attributes
+        to. A vision transformer's last block gives tokens, not a map: the image task says
+        so."""
+        import torch
+
+        net = model.model
+        info = getattr(net, "feature_info", None)  # a timm attribute: absent on some models
+        if info:
+            return net.get_submodule(info[-1]["module"])
+        convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        return convs[-1] if convs else None
+
+    def parameter_depths(self, model: Any) -> dict[str, int] | None:
+        """Stem 0, blocks or stages ``1..L``, final norm and head ``L + 1``
+        (:func:`tuneforge.plugins.layers.timm_parameter_depths`; peft-wrapped or not), or None
+        for an architecture without numbered blocks."""
+        from tuneforge.plugins.layers import timm_parameter_depths
+
+        return timm_parameter_depths(model)
+
+    def enable_gradient_checkpointing(self, model: Any) -> None:
+        """timm's ``set_grad_checkpointing`` on the wrapped timm model; a ConfigError naming
+        ``trainer.gradient_checkpointing`` for an architecture without it."""
+        from tuneforge.plugins.layers import enable_timm_checkpointing
+
+        enable_timm_checkpointing(model.model, self.config.architecture)
+
     # -- building ---------------------------------------------------------------------------
     def create(self, num_classes: int, **extra: Any) -> Any:
         import timm

@@ -18,6 +18,7 @@ from tuneforge.plugins.peft_support import resource_facts
 from tuneforge.plugins.report.calibration import calibration_section
 from tuneforge.plugins.report.errors import CSS as ERRORS_CSS
 from tuneforge.plugins.report.errors import error_analysis_section, interval_cell, interval_note
+from tuneforge.plugins.report.explanations import explanations_section
 from tuneforge.plugins.report.plots import PLOTS_DIR, PlotResult, read_json, write_plots
 from tuneforge.run import atomic_write_text
 from tuneforge.secrets import mask_secrets
@@ -536,6 +537,7 @@ def render(run_dir: Path, plots: PlotResult, name: str | None = None) -> str:
         _metrics_section(run_dir, metrics, problem),
         calibration_section(metrics, esc, fmt, table),
         error_analysis_section(run_dir, metrics, esc, fmt, table),
+        explanations_section(run_dir, esc),
         evaluations_html,
         advice_html,
         _findings_section(read_json(run_dir / "findings.json")),

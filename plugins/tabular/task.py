@@ -187,6 +187,15 @@ class TabularTask(Task):
         x_num, x_cat = self.features.transform(frame, source)
         return TabularDataset(x_num, x_cat, None)
 
+    # -- explanations -----------------------------------------------------------------------
+    def explain(self, model: Any, frame: pd.DataFrame, data_config: Any, options: Any) -> Any:
+        """Permutation importance of each feature over every row of ``frame``, which must
+        carry the label column (:mod:`tuneforge.plugins.tabular.explain`); classification
+        and regression."""
+        from tuneforge.plugins.tabular.explain import explain_table
+
+        return explain_table(self, model, frame, data_config, options)
+
     # -- scikit-learn -----------------------------------------------------------------------
     def sklearn_frame(self, data: TaskData, rows: Any = None) -> pd.DataFrame:
         """Feature columns with numeric ones as floats (for the scikit-learn models)."""

@@ -316,6 +316,11 @@ class HFSequenceClassification(ModelBuilder):
         path = self.checkpoint_path()
         return path if is_sentence_encoder(path) else None
 
+    def explain_layer(self, model: Any) -> Any:
+        """The model's input (word) embeddings, ``get_input_embeddings()``, peft-wrapped or
+        not: what Integrated Gradients attributes to."""
+        return model.get_input_embeddings()
+
     def max_positions(self) -> int | None:
         """The checkpoint's token limit (:func:`position_limit`), read from its config.json."""
         from transformers import AutoConfig
@@ -326,6 +331,20 @@ class HFSequenceClassification(ModelBuilder):
         except (OSError, ValueError) as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
             raise UserError(f"model.checkpoint: cannot load {path}: {first}") from None
+
+    def parameter_depths(self, model: Any) -> dict[str, int] | None:
+        """Embeddings 0, transformer blocks ``1..L``, pooler and head ``L + 1``
+        (:func:`tuneforge.plugins.layers.hf_parameter_depths`; peft-wrapped or not)."""
+        from tuneforge.plugins.layers import hf_parameter_depths
+
+        return hf_parameter_depths(model)
+
+    def enable_gradient_checkpointing(self, model: Any) -> None:
+        """transformers' non-reentrant gradient checkpointing; a ConfigError naming
+        ``trainer.gradient_checkpointing`` for an architecture without it."""
+        from tuneforge.plugins.layers import enable_hf_checkpointing
+
+        enable_hf_checkpointing(model, self.config.checkpoint)
 
     def build(self, spec: ModelSpec) -> Any:
         """The checkpoint with a new head of ``spec.n_outputs``; its config records the

@@ -193,6 +193,13 @@ class SetFit(ModelBuilder):
         except (OSError, ValueError) as exc:
             raise UserError(f"model.checkpoint: cannot load {path}: {_first_line(exc)}") from None
 
+    def parameter_depths(self, model: Any) -> dict[str, int] | None:
+        """The body's transformer depths (embeddings 0, blocks ``1..L``); the head ``L + 1``
+        (:func:`tuneforge.plugins.layers.hf_parameter_depths` on the whole model)."""
+        from tuneforge.plugins.layers import hf_parameter_depths
+
+        return hf_parameter_depths(model)
+
     def build(self, spec: ModelSpec) -> Any:
         """The body from ``checkpoint`` and a new ``SetFitHead`` of ``spec.n_outputs``.
 

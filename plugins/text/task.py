@@ -43,11 +43,12 @@ class TextDataset:
         tokenizer: Any,
         augmenters: list[Any],
         seed: int,
+        report_truncation: bool = True,
     ) -> None:
         self.texts, self.pairs, self.labels = texts, pairs, labels
         self.tokenizer, self.augmenters = tokenizer, augmenters
         self._rngs = WorkerRandom(seed)  # reseeded in each loader worker, as images and tables
-        report = getattr(tokenizer, "report_truncation", None)
+        report = getattr(tokenizer, "report_truncation", None) if report_truncation else None
         if report is not None:  # once per dataset (augmented rows are encoded one by one)
             report(texts, pairs)
         self.encoded = None if augmenters else tokenizer.encode(texts, pairs)
@@ -317,10 +318,22 @@ class TextTask(Task):
             tokenizer.fit_to_model(model.body.max_seq_length, warn=False)  # what it trained on
         return model
 
-    def predict_dataset(self, frame: pd.DataFrame, data_config: Any) -> TextDataset:
-        """Unlabelled examples from a frame read by :meth:`load_inputs`."""
+    def predict_dataset(
+        self, frame: pd.DataFrame, data_config: Any, report_truncation: bool = True
+    ) -> TextDataset:
+        """Unlabelled examples from a frame read by :meth:`load_inputs`; the truncated
+        texts are counted on stderr unless ``report_truncation`` is false (a second look at
+        rows already counted, as the run end's explanations of test rows)."""
         texts, pairs = self._texts(frame, self._columns(data_config), self.preprocessors)
-        return TextDataset(texts, pairs, None, self.tokenizer, [], 0)
+        return TextDataset(texts, pairs, None, self.tokenizer, [], 0, report_truncation)
+
+    # -- explanations -----------------------------------------------------------------------
+    def explain(self, model: Any, frame: pd.DataFrame, data_config: Any, options: Any) -> Any:
+        """Token attributions by Integrated Gradients on the model's input embeddings, for
+        the first ``options.rows`` rows (:mod:`tuneforge.plugins.text.explain`)."""
+        from tuneforge.plugins.text.explain import explain_text
+
+        return explain_text(self, model, frame, data_config, options)
 
     # -- export -----------------------------------------------------------------------------
     def export_axes(self, batch: dict[str, Any]) -> dict[str, dict[int, str]]:
