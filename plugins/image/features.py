@@ -9,8 +9,9 @@ by row and file. torch and timm are imported inside functions.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
+
+from tuneforge.plugins.vector_cache import VectorCache
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -19,19 +20,16 @@ if TYPE_CHECKING:  # pragma: no cover
 BATCH_SIZE = 32
 
 
-class FeatureCache:
+class FeatureCache(VectorCache):
     """A task instance's image features, keyed by (row, path): computed once per image."""
 
     def __init__(self) -> None:
-        self.vectors: dict[tuple[int, str], np.ndarray] = {}
+        super().__init__()
         self.source: str | None = None
-        self.computed = 0
-        self.seconds = 0.0
 
     def features(self, task: Any, rows: Any, paths: list[str]) -> np.ndarray | None:
         """Pooled features of ``paths`` (one per row), or None when the run's model is no
         timm model with pretrained weights."""
-        import numpy as np
 
         from tuneforge.plugins.image.timm_model import TimmModel
 
@@ -46,17 +44,9 @@ class FeatureCache:
         if name != self.source:
             self.vectors, self.source = {}, name
         keys = [(int(r), p) for r, p in zip(rows, paths, strict=True)]
-        todo = [i for i, k in enumerate(keys) if k not in self.vectors]
-        if todo:
-            started = time.perf_counter()
-            new = backbone_features(task, builder, [paths[i] for i in todo])
-            for i, vec in zip(todo, new, strict=True):
-                self.vectors[keys[i]] = vec
-            self.computed += len(todo)
-            self.seconds += time.perf_counter() - started
-        if not keys:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self.vectors[k] for k in keys]).astype(np.float32, copy=False)
+        return self.lookup(
+            keys, lambda todo: backbone_features(task, builder, [paths[i] for i in todo])
+        )
 
 
 def backbone_features(task: Any, builder: Any, paths: list[str]) -> np.ndarray:

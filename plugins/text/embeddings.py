@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneforge.plugins.vector_cache import VectorCache
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
@@ -154,20 +156,16 @@ def encode(
     return out
 
 
-class EmbeddingCache:
+class EmbeddingCache(VectorCache):
     """A task instance's embeddings, keyed by (row, text, pair): computed once per row."""
 
     def __init__(self) -> None:
-        self.vectors: dict[tuple[int, str, str | None], np.ndarray] = {}
+        super().__init__()
         self.encoder: str | None = None
-        #: forward passes run (texts embedded), for tests and logs
-        self.computed = 0
-        self.seconds = 0.0
 
     def features(
         self, encoder: str, rows: Any, texts: list[str], pairs: list[str] | None
     ) -> np.ndarray:
-        import numpy as np
 
         if encoder != self.encoder:  # another encoder: nothing cached applies
             self.vectors, self.encoder = {}, encoder
@@ -175,21 +173,14 @@ class EmbeddingCache:
             (int(r), t, pairs[i] if pairs is not None else None)
             for i, (r, t) in enumerate(zip(rows, texts, strict=True))
         ]
-        todo = [i for i, k in enumerate(keys) if k not in self.vectors]
-        if todo:
-            started = time.perf_counter()
-            new = encode(
+        return self.lookup(
+            keys,
+            lambda todo: encode(
                 encoder,
                 [texts[i] for i in todo],
                 [pairs[i] for i in todo] if pairs is not None else None,
-            )
-            for i, vec in zip(todo, new, strict=True):
-                self.vectors[keys[i]] = vec
-            self.computed += len(todo)
-            self.seconds += time.perf_counter() - started
-        if not keys:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self.vectors[k] for k in keys]).astype(np.float32, copy=False)
+            ),
+        )
 
 
 # -- the embedding baseline ----------------------------------------------------------------
